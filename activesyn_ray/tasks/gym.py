@@ -1,0 +1,98 @@
+"""Procedurally generated, verifiable tasks from `reasoning-gym` (offline, Apache-2.0).
+
+`task.name` is one dataset (`basic_arithmetic`) or several joined with '+' (`chain_sum+basic_arithmetic`);
+`task.levels` is a list of generator configs, one per difficulty level, mixed evenly into the pool.
+Each example remembers (dataset, level) so the procedural teacher can draw a *new* instance from the
+same generator and difficulty, and `check` uses reasoning-gym's own `score_answer`.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+
+import reasoning_gym
+
+from activesyn_ray.tasks.base import ANSWER_MARK, Example, Task, split_disjoint
+
+_TEST_SEED_OFFSET = 1_000_003  # test instances come from a different generator seed than seeds
+
+
+@functools.lru_cache(maxsize=256)
+def _scorer(dataset: str, level_json: str):
+    # score_answer is an instance method; a size-1 dataset of the same config is enough to call it.
+    return reasoning_gym.create_dataset(dataset, size=1, seed=0, **json.loads(level_json))
+
+
+def _to_example(entry: dict, *, dataset: str, level: int, level_cfg: dict, uid: str) -> Example:
+    meta = entry.get("metadata", {})
+    solution = meta.get("answer_cot")
+    if isinstance(solution, str) and ANSWER_MARK in solution:
+        solution = solution.rsplit(ANSWER_MARK, 1)[0].strip() or None
+    elif not isinstance(solution, str):
+        solution = None
+    # json round trip: tuples -> lists, so what we store equals what we later check against.
+    gym_meta = json.loads(json.dumps(meta, default=str))
+    return Example(id=uid, question=entry["question"], answer=str(entry["answer"]), solution=solution,
+                   meta={"dataset": dataset, "level": level, "level_cfg": level_cfg, "gym": gym_meta})
+
+
+class GymTask(Task):
+    has_generator = True
+
+    def __init__(self, cfg, *, seed: int):
+        super().__init__(cfg, seed=seed)
+        self.datasets = [n.strip() for n in cfg.name.split("+") if n.strip()]
+        self.name = "+".join(self.datasets)
+        for n in self.datasets:
+            if n not in reasoning_gym.factory.DATASETS:
+                raise ValueError(f"task.name: unknown reasoning-gym dataset {n!r}")
+        self.levels = [dict(lv) for lv in cfg.levels] or [{}]
+        for i, lv in enumerate(self.levels):
+            for n in self.datasets:
+                try:
+                    _scorer(n, json.dumps(lv, sort_keys=True))
+                except Exception as err:  # reasoning-gym raises TypeError/AssertionError on bad knobs
+                    raise ValueError(f"task.levels[{i}]: not a valid config for {n}: {err}") from None
+
+    def _draw(self, n_total: int, seed: int, tag: str) -> list[Example]:
+        groups = [(d, i, lv) for d in self.datasets for i, lv in enumerate(self.levels)]
+        per = -(-n_total // len(groups))  # ceil
+        out: list[list[Example]] = []
+        for g, (dataset, level, lv) in enumerate(groups):
+            ds = reasoning_gym.create_dataset(dataset, size=per, seed=seed + 7919 * g, **lv)
+            out.append([_to_example(ds[j], dataset=dataset, level=level, level_cfg=lv,
+                                    uid=f"{tag}-{dataset}-L{level}-{j}") for j in range(per)])
+        # interleave groups so any prefix is balanced across datasets and levels
+        mixed = [ex for row in zip(*out) for ex in row]
+        seen, uniq = set(), []
+        for ex in mixed:
+            if ex.question not in seen:
+                seen.add(ex.question)
+                uniq.append(ex)
+        return uniq
+
+    def splits(self) -> tuple[list[Example], list[Example]]:
+        c = self.cfg
+        slack = 1.3  # small generators repeat questions; draw extra so dedup still fills the splits
+        pool = self._draw(int(c.seed_size * slack) + 8, self.seed, "seed")
+        test = self._draw(int(c.test_size * slack) + 8 + c.seed_size // 4,
+                          self.seed + _TEST_SEED_OFFSET, "test")
+        return split_disjoint(pool, test, c.seed_size, c.test_size, f"task {self.name}")
+
+    def check(self, example: Example, predicted: str | None) -> bool:
+        if predicted is None:
+            return False
+        m = example.meta
+        scorer = _scorer(m["dataset"], json.dumps(m["level_cfg"], sort_keys=True))
+        entry = {"question": example.question, "answer": example.answer, "metadata": m["gym"]}
+        try:
+            return float(scorer.score_answer(predicted.strip(), entry)) >= 0.99
+        except Exception:  # a malformed expression from the student is simply wrong
+            return False
+
+    def generate_like(self, example: Example, *, seed: int) -> Example:
+        m = example.meta
+        ds = reasoning_gym.create_dataset(m["dataset"], size=1, seed=seed, **m["level_cfg"])
+        return _to_example(ds[0], dataset=m["dataset"], level=m["level"], level_cfg=m["level_cfg"],
+                           uid=f"gen-{m['dataset']}-L{m['level']}-{seed}")
