@@ -24,7 +24,8 @@ class ConfigError(ValueError):
 
 class _Group(BaseModel):
     # extra="forbid": a misspelt key is an error, not a silently ignored setting.
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True,
+                              use_attribute_docstrings=True)  # field docstrings -> docs/config.md
 
 
 # --------------------------------------------------------------------------------------------- task
@@ -226,8 +227,11 @@ class RunConfig(_Group):
 def _format_error(err: ValidationError) -> str:
     lines = []
     for e in err.errors():
-        path = ".".join(str(p) for p in e["loc"]) or "(top level)"
+        path = ".".join(str(p) for p in e["loc"])
         msg = e["msg"].removeprefix("Value error, ")
+        if not path:  # cross-field checks already name their field at the start of the message
+            lines.append(msg)
+            continue
         if e["type"] in {"greater_than", "greater_than_equal", "less_than", "less_than_equal"}:
             bound = next(iter(e["ctx"].values()))
             op = {"greater_than": ">", "greater_than_equal": ">=",
@@ -290,5 +294,38 @@ def load_config(path: str | Path | None, overrides: list[str] | tuple[str, ...] 
     return config_from_dict(data, source=source)
 
 
+def reference_markdown() -> str:
+    """docs/config.md, generated from the schema's field docstrings (a test keeps the file current)."""
+    out = ["# Run configuration reference", "",
+           "Generated from `activesyn_ray/config.py` by `python -m activesyn_ray.config`. "
+           "Every key is optional; unknown keys are errors.", ""]
+
+    def walk(model: type[BaseModel], prefix: str) -> None:
+        rows = []
+        for name, field in model.model_fields.items():
+            ann = field.annotation
+            sub = ann if isinstance(ann, type) and issubclass(ann, BaseModel) else None
+            if sub is None:
+                for arg in getattr(ann, "__args__", ()):
+                    if isinstance(arg, type) and issubclass(arg, BaseModel):
+                        sub = arg
+            if sub is not None:
+                walk(sub, f"{prefix}{name}.")
+                continue
+            default = field.default_factory() if field.default_factory else field.default
+            doc = (field.description or "").replace("\n", " ")
+            rows.append(f"| `{prefix}{name}` | `{json.dumps(default)}` | {doc} |")
+        if rows:
+            out.extend([f"## `{prefix.rstrip('.') or '(top level)'}`", "",
+                        "| key | default | meaning |", "|---|---|---|", *rows, ""])
+
+    walk(RunConfig, "")
+    return "\n".join(out)
+
+
 def dump_config(cfg: RunConfig) -> str:
     return yaml.safe_dump(json.loads(cfg.model_dump_json()), sort_keys=False)
+
+
+if __name__ == "__main__":
+    print(reference_markdown())

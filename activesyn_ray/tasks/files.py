@@ -66,7 +66,7 @@ class JsonlTask(_FileTask):
     name = "jsonl"
 
     def _rows(self):
-        path = Path(self.cfg.path)
+        path = Path(self.source)
         if not path.exists():
             raise FileNotFoundError(f"task.path: {path} does not exist")
         if path.suffix == ".parquet":
@@ -120,9 +120,18 @@ def solve24(nums: list[int]) -> str | None:
                     return found
         return None
     expr = rec([(Fraction(n), str(n)) for n in nums])
-    if expr and expr.startswith("(") and expr.endswith(")"):
-        expr = expr[1:-1]
+    if expr and expr.startswith("(") and _closing_paren(expr) == len(expr) - 1:
+        expr = expr[1:-1]  # drop only a pair that wraps the whole expression
     return expr
+
+
+def _closing_paren(s: str) -> int:
+    depth = 0
+    for i, ch in enumerate(s):
+        depth += {"(": 1, ")": -1}.get(ch, 0)
+        if depth == 0:
+            return i
+    return -1
 
 
 def check24(nums: list[int], expr: str) -> bool:

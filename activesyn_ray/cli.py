@@ -1,0 +1,83 @@
+"""`activesyn`: run | resume | report | bench.
+
+    activesyn run jobs/quickstart.yaml                   # the whole loop, local Ray, CPU
+    activesyn run jobs/quickstart.yaml --set budget.samples=64 --set selection.strategy=random
+    activesyn run jobs/quickstart.yaml --dry-run         # validate + write the run dir and splits only
+    activesyn resume runs/quickstart-20261123-101500     # continue a killed run
+    activesyn report runs/a runs/b --out report/         # curves, tables, win rates across runs
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+
+from activesyn_ray.config import ConfigError, load_config
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__.split("\n\n")[0])
+console = Console(stderr=True, soft_wrap=True)
+
+
+def _fail(msg: str) -> None:
+    console.print(f"[bold red]error:[/] {msg}")
+    raise typer.Exit(2)
+
+
+@app.command()
+def run(config: Path = typer.Argument(..., help="Run config YAML (see jobs/)."),
+        set_: Optional[list[str]] = typer.Option(None, "--set", help="Override: key.path=value."),
+        dry_run: bool = typer.Option(False, "--dry-run", help="Validate and write the run dir only."),
+        run_dir: Optional[Path] = typer.Option(None, help="Exact run directory to create.")):
+    """Start a run from CONFIG."""
+    from activesyn_ray.run_setup import new_run
+    from activesyn_ray.tasks.files import BadRow
+
+    try:
+        cfg = load_config(config, set_ or [])
+        store = new_run(cfg, run_dir)
+    except (ConfigError, BadRow, FileNotFoundError, FileExistsError, ValueError) as err:
+        _fail(str(err))
+    state = store.load_state()
+    console.print(f"run directory: [bold]{store.root}[/] ({state['n_seeds']} seeds, "
+                  f"{state['n_test']} test examples, task {state['task']})")
+    if dry_run:
+        console.print("dry run: config and data are valid; nothing was trained or generated.")
+        return
+    from activesyn_ray.coordinator import run_loop
+
+    run_loop(store)
+
+
+@app.command()
+def resume(run_dir: Path = typer.Argument(..., help="A run directory made by `activesyn run`.")):
+    """Continue a killed run from its last completed step."""
+    from activesyn_ray.coordinator import run_loop
+
+    if not (run_dir / "state.json").exists():
+        _fail(f"{run_dir}: no state.json; not a run directory")
+    run_loop(run_dir)
+
+
+@app.command()
+def report(run_dirs: list[Path] = typer.Argument(..., help="Run directories to compare."),
+           out: Path = typer.Option(Path("report"), help="Folder for the PNGs, tables and JSON.")):
+    """Accuracy-vs-budget curves, final table, efficiency ratios, win rates, seed/synthetic rank
+    correlation."""
+    from activesyn_ray.report import write_report
+
+    for d in run_dirs:
+        if not (d / "state.json").exists():
+            _fail(f"{d}: no state.json; not a run directory")
+    write_report(run_dirs, out)
+
+
+def main() -> None:  # python -m activesyn_ray.cli
+    app()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

