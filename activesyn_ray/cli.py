@@ -5,6 +5,7 @@
     activesyn run jobs/quickstart.yaml --dry-run         # validate + write the run dir and splits only
     activesyn resume runs/quickstart-20261123-101500     # continue a killed run
     activesyn report runs/a runs/b --out report/         # curves, tables, win rates across runs
+    activesyn experiment jobs/compare-cpu.yaml           # strategies x seeds x tasks, then a report
 """
 
 from __future__ import annotations
@@ -73,6 +74,19 @@ def report(run_dirs: list[Path] = typer.Argument(..., help="Run directories to c
         if not (d / "state.json").exists():
             _fail(f"{d}: no state.json; not a run directory")
     write_report(run_dirs, out)
+
+
+@app.command()
+def experiment(grid: Path = typer.Argument(..., help="Experiment YAML with a `grid:` (see jobs/)."),
+               set_: Optional[list[str]] = typer.Option(None, "--set", help="Override for every run."),
+               report_dir: Optional[Path] = typer.Option(None, help="Where the report goes.")):
+    """Run a grid of tasks x strategies x seeds (skipping finished runs), then write the report."""
+    from activesyn_ray.experiment import run_experiment
+
+    try:
+        run_experiment(grid, set_ or [], report_dir=report_dir)
+    except ConfigError as err:
+        _fail(str(err))
 
 
 def main() -> None:  # python -m activesyn_ray.cli

@@ -1,0 +1,94 @@
+"""Experiment grids: the same base config over tasks x strategies x seeds, then one report.
+
+    # jobs/compare-cpu.yaml
+    name: compare-cpu
+    base: quickstart.yaml             # relative to this file
+    overrides: {budget.samples: 192}  # applied to every run
+    grid:
+      seeds: [0, 1, 2]
+      strategies: [static, random, loss]
+      tasks:                          # name -> overrides for that dataset
+        arithmetic: {}
+        chain_sum: {task.name: chain_sum}
+
+Runs go to OUTPUT_ROOT/<name>/<task>/<strategy>-s<seed>; a finished run is skipped and an unfinished
+one resumed, so re-submitting the same experiment after a crash only does the missing work.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field
+
+from activesyn_ray.config import ConfigError, load_config
+
+
+class Grid(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    seeds: list[int] = Field(default_factory=lambda: [0])
+    strategies: list[str] = Field(default_factory=lambda: ["random", "loss"])
+    tasks: dict[str, dict[str, Any]] = Field(default_factory=lambda: {"default": {}})
+
+
+class Experiment(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: str
+    base: str
+    overrides: dict[str, Any] = Field(default_factory=dict)
+    grid: Grid = Field(default_factory=Grid)
+    root: str = "runs"
+
+
+def _as_sets(d: dict[str, Any]) -> list[str]:
+    return [f"{k}={yaml.safe_dump(v, default_flow_style=True).strip().removesuffix('...').strip()}"
+            for k, v in d.items()]
+
+
+def load_experiment(path: str | Path, extra: list[str] = ()) -> tuple[Experiment, list[tuple[str, list[str]]]]:
+    """Validate the grid file and EVERY run config it implies, before any run starts."""
+    path = Path(path)
+    try:
+        exp = Experiment.model_validate(yaml.safe_load(path.read_text()) or {})
+    except Exception as err:
+        raise ConfigError(f"experiment error in {path}: {err}") from None
+    base = (path.parent / exp.base).resolve()
+    runs = []
+    for task_name, task_over in exp.grid.tasks.items():
+        for strategy in exp.grid.strategies:
+            for seed in exp.grid.seeds:
+                run_dir = Path(exp.root) / exp.name / task_name / f"{strategy}-s{seed}"
+                sets = _as_sets(exp.overrides) + _as_sets(task_over) + list(extra) + [
+                    f"selection.strategy={strategy}", f"seed={seed}", f"name={exp.name}-{task_name}",
+                    f"output.run_dir={run_dir}"]
+                load_config(base, sets)  # raises ConfigError naming the field
+                runs.append((str(base), sets))
+    return exp, runs
+
+
+def run_experiment(path: str | Path, extra: list[str] = (), *, report_dir: str | Path | None = None) -> dict:
+    from rich.console import Console
+
+    from activesyn_ray.coordinator import run_loop
+    from activesyn_ray.report import write_report
+    from activesyn_ray.run_setup import new_run
+    from activesyn_ray.runstore import RunStore
+
+    console = Console(stderr=True)
+    exp, runs = load_experiment(path, extra)
+    dirs = []
+    for i, (base, sets) in enumerate(runs, 1):
+        cfg = load_config(base, sets)
+        store = RunStore(cfg.output.run_dir)
+        dirs.append(store.root)
+        if store.exists() and store.load_state().get("done"):
+            console.print(f"[{i}/{len(runs)}] {store.root}: done, skipped")
+            continue
+        console.print(f"[{i}/{len(runs)}] {store.root}")
+        run_loop(store if store.exists() else new_run(cfg))
+    out = Path(report_dir or Path(exp.root) / exp.name / "report")
+    summary = write_report(dirs, out)
+    console.print(f"report: {out}/report.md")
+    return summary
