@@ -93,6 +93,8 @@ class VllmConfig(_Group):
 class OpenAIConfig(_Group):
     base_url: str = "http://127.0.0.1:8000/v1"
     model: str = "default"
+    api: Literal["completions", "chat"] = "completions"
+    """/v1/completions (raw prompt; any vLLM server) or /v1/chat/completions (hosted chat APIs)."""
     api_key_env: str = "OPENAI_API_KEY"
     """Name of the environment variable holding the key; the key itself is never written anywhere."""
     timeout_s: float = Field(120, gt=0)
@@ -114,6 +116,9 @@ class TeacherConfig(_Group):
     max_new_tokens: int = Field(256, gt=0)
     temperature: float = Field(0.7, ge=0)
     top_p: float = Field(0.95, gt=0, le=1)
+    micro_batch_size: int = Field(16, gt=0)
+    """Requests per call to one replica (vLLM batches a call); smaller calls rebalance faster and
+    lose less work when a replica dies."""
     max_retries: int = Field(3, ge=0)
     """Times a request is retried on another replica after its replica dies."""
     generate_prompt: str | None = None
@@ -160,9 +165,20 @@ class ActorResources(_Group):
     num_cpus: float = Field(1, ge=0)
     """CPUs per actor; torch gets max(1, int(num_cpus)) threads (oversubscription is ~10x slower)."""
     num_gpus: float = Field(0, ge=0)
+    """GPUs per actor; a fraction (<= 1) shares one GPU, above 1 it must be whole."""
     resources: dict[str, float] = Field(default_factory=dict)
     """Custom Ray resources per actor, e.g. {teacher_node: 1} to pin to a node type."""
     placement_strategy: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = "PACK"
+    """PACK: as few nodes as possible (trainer ranks, fast collectives); SPREAD: across nodes
+    (teacher replicas: one lost node loses fewer); STRICT_*: the same, or fail."""
+
+    @model_validator(mode="after")
+    def _whole_above_one(self) -> "ActorResources":
+        # Ray refuses e.g. GPU=1.5 when it schedules; say so while the config is read.
+        for key, v in {"num_gpus": self.num_gpus, **self.resources}.items():
+            if v > 1 and not float(v).is_integer():
+                raise ValueError(f"{key}: a request above 1 must be a whole number (got {v:g})")
+        return self
 
 
 class ResourcesConfig(_Group):
@@ -177,7 +193,28 @@ class ResourcesConfig(_Group):
     """Per teacher replica (`teacher.replicas` of them); num_gpus = tensor_parallel_size on GPUs."""
     coordinator_num_cpus: float = Field(0, ge=0)
     placement_timeout_s: float = Field(60, gt=0)
-    """How long to wait for a placement group before failing with what was asked vs what exists."""
+    """How long to wait for a placement group before failing with what was asked vs what exists
+    (also how long to wait for nodes an autoscaler is still starting, e.g. just after `ray up`)."""
+    colocate_scorers: bool = False
+    """Scorer i shares trainer rank i's placement bundle and GPU (scoring and training take turns);
+    then trainer.num_gpus + scorers.num_gpus must be <= 1, e.g. 0.5 + 0.5."""
+
+    @model_validator(mode="after")
+    def _gpu_sharing(self) -> "ResourcesConfig":
+        t, s = self.trainer, self.scorers
+        if self.colocate_scorers:
+            if s.num_workers > t.num_workers:
+                raise ValueError(f"scorers.num_workers: at most trainer.num_workers "
+                                 f"({t.num_workers}) with colocate_scorers (got {s.num_workers})")
+            if 0 < t.num_gpus < 1 and t.num_gpus + s.num_gpus > 1 + 1e-9:
+                raise ValueError(f"colocate_scorers: trainer.num_gpus + scorers.num_gpus "
+                                 f"must be <= 1 to share one GPU (got {t.num_gpus:g} + {s.num_gpus:g})")
+        elif 0 < t.num_gpus < 1 and t.num_workers > 1:
+            # Ray packs fractional GPUs: two 0.5-GPU ranks would land on ONE GPU (NCCL refuses).
+            raise ValueError(f"trainer.num_gpus: {t.num_gpus:g} would put several trainer "
+                             f"ranks on one GPU; use whole GPUs, or colocate_scorers: true to share "
+                             f"each trainer GPU with one scorer")
+        return self
 
 
 # ------------------------------------------------------------------------------------------- output
@@ -213,6 +250,11 @@ class RunConfig(_Group):
                              f"choose one of {', '.join(sorted(STRATEGIES))}")
         if self.task.kind == "jsonl" and not self.task.path:
             raise ValueError("task.path: required when task.kind is 'jsonl'")
+        tp, gpus = self.teacher.vllm.tensor_parallel_size, self.resources.teacher.num_gpus
+        if self.teacher.engine == "vllm" and gpus > 0 and gpus != tp:
+            raise ValueError(f"resources.teacher.num_gpus: each vLLM replica holds its "
+                             f"tensor-parallel GPUs, so it must equal teacher.vllm."
+                             f"tensor_parallel_size ({tp}) (got {gpus:g})")
         if self.teacher.engine == "procedural" and self.task.kind != "gym":
             raise ValueError("teacher.engine: 'procedural' needs a task with a generator "
                              "(task.kind: gym); use hf, vllm or openai for other tasks")

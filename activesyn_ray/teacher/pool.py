@@ -1,0 +1,215 @@
+"""TeacherPool: what the coordinator calls to turn seeds into synthetic samples, and to judge.
+
+    pool = TeacherPool(cfg=cfg, task=task, ledger=ledger)
+    records = pool.generate(seeds, iteration=3)      # one sample per seed the budget allows
+    grades = pool.judge([(ex, student_text), ...], iteration=3)
+    pool.shutdown()
+
+Budget: before anything is sent, each request is given a worst-case cost (its prompt tokens as the
+teacher's tokenizer counts them + max_new_tokens) and requests are admitted in order while samples
+and tokens left in the ledger cover them; the rest are not issued. Every request that completes is
+charged to the ledger exactly once (by request id), parsed or not; a request whose retries all failed
+is not charged (no completion came back).
+
+Request ids are deterministic (`gen-{iteration}-{seed.id}`, `judge-{iteration}-{example.id}`), and so
+is each request's sampling seed (hash of run seed + id): a retried or resumed request asks for the
+same sample.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+
+from activesyn_ray.runtime import init_ray
+from activesyn_ray.tasks.base import Example
+from activesyn_ray.teacher.engines import Completion, TeacherRequest, request_seed
+from activesyn_ray.teacher.engines.base import count_text_tokens, load_tokenizer, prompt_ids
+from activesyn_ray.teacher.prompts import NEUTRAL_GRADE, Prompts, parse_grade, parse_sample
+
+log = logging.getLogger(__name__)
+
+JUDGE_MAX_NEW_TOKENS = 64
+"""A grade is one short line; greedy (temperature 0) so the same answer gets the same grade."""
+OPENAI_PROMPT_MARGIN = (1.25, 32)
+"""A remote model's tokenizer and chat wrapping are unknown here: its prompt estimate is
+1.25 x (local count) + 32, so the worst-case budget check stays on the safe side."""
+RAW_KEEP_CHARS = 1000
+
+
+class PromptCounter:
+    """Driver-side token counts for the budget check, tokenized exactly as the engines will
+    (same tokenizer, same chat template), so the worst case is exact for vllm/hf/procedural."""
+
+    def __init__(self, cfg):
+        from activesyn_ray.models import resolve_model
+        from activesyn_ray.teacher.engines.vllm_engine import (effective_max_model_len,
+                                                               model_context_len)
+
+        t = cfg.teacher
+        self.engine = t.engine
+        self.tok = load_tokenizer(t.model)
+        folder = resolve_model(t.model)
+        self.context_len = {"vllm": lambda: effective_max_model_len(t.vllm, folder),
+                            "hf": lambda: model_context_len(folder)}.get(t.engine, lambda: None)()
+
+    def prompt_tokens(self, prompt: str) -> int:
+        if self.engine == "openai":
+            scale, extra = OPENAI_PROMPT_MARGIN
+            return int(math.ceil(scale * count_text_tokens(self.tok, prompt))) + extra
+        return len(prompt_ids(self.tok, prompt))
+
+
+class TeacherPool:
+    def __init__(self, *, cfg, task, ledger):
+        init_ray(cfg.resources)
+        self.cfg, self.task, self.ledger = cfg, task, ledger
+        t = cfg.teacher
+        self.prompts = Prompts(t)
+        self.counter = PromptCounter(cfg)
+        self.engine = t.engine
+        self.model = {"openai": t.openai.model,
+                      "procedural": f"reasoning-gym generator (stand-in teacher; tokens counted "
+                                    f"with the {t.model} tokenizer)"}.get(t.engine, t.model)
+        if t.serve.enabled:
+            from activesyn_ray.teacher.serve import ServeDispatcher
+            self.backend = ServeDispatcher(cfg=cfg, task=task)
+        else:
+            from activesyn_ray.teacher.dispatch import ActorDispatcher
+            self.backend = ActorDispatcher(cfg=cfg, task=task, rng_seed=cfg.seed)
+        self._stats = {"issued": 0, "not_affordable": 0, "too_long": 0, "duplicates": 0,
+                       "failed_parses": 0, "judge_failed_parses": 0}
+        self._grades: dict[str, float] = {}
+
+    @property
+    def stats(self) -> dict:
+        return {**self._stats, **self.backend.stats}
+
+    # ---------------------------------------------------------------------------------- requests
+    def _request(self, rid: str, kind: str, prompt: str, *, example: Example, max_new: int,
+                 temperature: float, student_answer: str | None = None) -> TeacherRequest | None:
+        est = self.counter.prompt_tokens(prompt)
+        ctx = self.counter.context_len
+        if ctx is not None:
+            max_new = min(max_new, ctx - est)
+            if max_new <= 0:
+                self._stats["too_long"] += 1
+                log.warning("teacher request %s skipped: its prompt (%d tokens) fills the teacher's "
+                            "context (%d); shorten the %s prompt or raise teacher.vllm.max_model_len",
+                            rid, est, ctx, kind)
+                return None
+        return TeacherRequest(id=rid, kind=kind, prompt=prompt, seed=request_seed(self.cfg.seed, rid),
+                              max_new_tokens=max_new, temperature=temperature,
+                              example=example.to_dict(), student_answer=student_answer,
+                              est_prompt_tokens=est)
+
+    def _admit(self, reqs: list[TeacherRequest], *, samples_each: int) -> list[TeacherRequest]:
+        """The longest prefix whose worst-case cost fits what the ledger has left."""
+        s_left, t_left = self.ledger.samples_left(), self.ledger.tokens_left()
+        used_s = used_t = 0
+        out = []
+        for r in reqs:
+            cost = r.est_prompt_tokens + r.max_new_tokens
+            if (s_left is not None and used_s + samples_each > s_left) or \
+                    (t_left is not None and used_t + cost > t_left):
+                break
+            used_s += samples_each
+            used_t += cost
+            out.append(r)
+        if len(out) < len(reqs):
+            self._stats["not_affordable"] += len(reqs) - len(out)
+            log.info("teacher budget: %d of %d requests not issued (left: %s samples, %s tokens)",
+                     len(reqs) - len(out), len(reqs), s_left, t_left)
+        self._stats["issued"] += len(out)
+        return out
+
+    def _fresh(self, rid: str, seen: set[str]) -> bool:
+        if rid in seen or rid in self.ledger.charged_ids:
+            self._stats["duplicates"] += 1
+            log.warning("teacher request %s was already made; not sent again", rid)
+            return False
+        seen.add(rid)
+        return True
+
+    # ---------------------------------------------------------------------------------- generate
+    def _sample(self, req: TeacherRequest, comp: Completion, iteration: int) -> Example | None:
+        parsed = parse_sample(comp.text)
+        if parsed is None:
+            return None
+        if comp.example is not None:  # procedural: keep the generator's metadata (needed by check)
+            ex = Example.from_dict(comp.example)
+        else:
+            q, sol, ans = parsed
+            ex = Example(id=req.id, question=q, answer=ans, solution=sol)
+        ex.id = req.id
+        ex.meta = {**ex.meta, "seed_id": req.example["id"], "iteration": iteration,
+                   "teacher": self.engine}
+        return ex
+
+    def generate(self, seeds: list[Example], *, iteration: int) -> list[dict]:
+        """One synthetic sample per seed, in seed order, for as many seeds as the budget allows.
+        Unparsed outputs are included with parsed False (and `raw`, the start of the text)."""
+        t = self.cfg.teacher
+        seen: set[str] = set()
+        reqs = [self._request(rid, "generate", self.prompts.generate(s), example=s,
+                              max_new=t.max_new_tokens, temperature=t.temperature)
+                for s in seeds if self._fresh(rid := f"gen-{iteration}-{s.id}", seen)]
+        reqs = self._admit([r for r in reqs if r is not None], samples_each=1)
+        samples: dict[str, Example | None] = {}
+
+        def charge(req: TeacherRequest, comp: Completion) -> None:
+            samples[req.id] = ex = self._sample(req, comp, iteration)
+            if ex is None:
+                self._stats["failed_parses"] += 1
+            self.ledger.charge(req.id, prompt_tokens=comp.prompt_tokens,
+                               completion_tokens=comp.completion_tokens, samples=1,
+                               parsed=ex is not None)
+
+        done = self.backend.run(reqs, on_result=charge) if reqs else {}
+        records = []
+        for req in reqs:
+            if (comp := done.get(req.id)) is None:
+                continue  # every retry failed: nothing came back, nothing charged
+            ex = samples[req.id]
+            rec = {"request_id": req.id, "seed_id": req.example["id"], "iteration": iteration,
+                   "engine": self.engine, "model": self.model, "prompt_tokens": comp.prompt_tokens,
+                   "completion_tokens": comp.completion_tokens, "parsed": ex is not None,
+                   "example": ex.to_dict() if ex is not None else None}
+            if ex is None:
+                rec["raw"] = comp.text[:RAW_KEEP_CHARS]
+            records.append(rec)
+        return records
+
+    # ------------------------------------------------------------------------------------- judge
+    def judge(self, items: list[tuple[Example, str]], *, iteration: int) -> list[float]:
+        """Teacher grade 1-10 of each student answer (same order). Unparseable grade: NEUTRAL_GRADE
+        (5.5). Not judged because the budget did not allow it or every retry failed: NaN."""
+        seen: set[str] = set()
+        reqs = []
+        for ex, answer in items:
+            rid = f"judge-{iteration}-{ex.id}"
+            if rid in self._grades or rid in seen:
+                continue  # same example twice: judged once, charged once
+            seen.add(rid)
+            r = self._request(rid, "judge", self.prompts.judge(ex, answer), example=ex,
+                              max_new=min(JUDGE_MAX_NEW_TOKENS, self.cfg.teacher.max_new_tokens),
+                              temperature=0.0, student_answer=answer)
+            if r is not None:
+                reqs.append(r)
+        reqs = self._admit(reqs, samples_each=0)
+
+        def charge(req: TeacherRequest, comp: Completion) -> None:
+            grade = parse_grade(comp.text)
+            if grade is None:
+                self._stats["judge_failed_parses"] += 1
+            self._grades[req.id] = NEUTRAL_GRADE if grade is None else grade
+            self.ledger.charge(req.id, prompt_tokens=comp.prompt_tokens,
+                               completion_tokens=comp.completion_tokens, judge=True,
+                               parsed=grade is not None)
+
+        if reqs:
+            self.backend.run(reqs, on_result=charge)
+        return [self._grades.get(f"judge-{iteration}-{ex.id}", math.nan) for ex, _ in items]
+
+    def shutdown(self) -> None:
+        self.backend.shutdown()
