@@ -1,0 +1,122 @@
+"""StudentPool: the one student object the coordinator uses (trainer ranks + scorer shards).
+
+    pool = StudentPool(cfg=cfg, task=task)
+    cols = pool.score(seeds, {"loss", "grad_embed"})   # base model before the first train call
+    pool.train(synthetic_so_far, round=t)             # DeepSpeed ranks; then the adapter -> scorers
+    acc = pool.evaluate(test)["accuracy"]
+    pool.shutdown()
+
+After training, rank 0's adapter state is fetched, `ray.put` ONCE, and every scorer loads it from
+the object store: only the LoRA weights (KB-MB) move between actors, never the base weights.
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import ray
+
+from activesyn_ray.actors import ActorGroup
+from activesyn_ray.student.scoring import ScorerWorker
+from activesyn_ray.student.trainer import TrainerWorker
+from activesyn_ray.tasks.base import Example
+
+
+def state_bytes(state: dict) -> int:
+    return int(sum(t.numel() * t.element_size() for t in state.values()))
+
+
+class StudentPool:
+    def __init__(self, *, cfg, task, score_batch_size: int = 16):
+        self.cfg, self.task = cfg, task
+        res = cfg.resources
+        self.trainers = ActorGroup(TrainerWorker, name="trainer", resources=res.trainer,
+                                   init_kwargs=dict(cfg=cfg),
+                                   placement_timeout_s=res.placement_timeout_s)
+        # OpenRLHF-style rendezvous: rank 0 names the address, every rank joins the process group.
+        addr, port = ray.get(self.trainers.actors[0].get_master_addr_port.remote())
+        ray.get(self.trainers.call("init_distributed", master_addr=addr, master_port=port))
+        self.scorers = ActorGroup(ScorerWorker, name="scorers", resources=res.scorers,
+                                  init_kwargs=dict(cfg=cfg, batch_size=score_batch_size),
+                                  placement_timeout_s=res.placement_timeout_s)
+        self.adapter_ref: ray.ObjectRef | None = None
+        self.adapter_bytes = 0
+
+    # ------------------------------------------------------------------ training
+    def _on_all_ranks_if_zero3(self, method: str, *args, **kwargs):
+        """ZeRO-3 shards the weights, so every rank takes part in gathering them; otherwise rank 0
+        has everything and the other ranks stay idle."""
+        if self.cfg.student.zero_stage == 3:
+            return ray.get(self.trainers.call(method, *args, **kwargs))[0]
+        return ray.get(getattr(self.trainers.actors[0], method).remote(*args, **kwargs))
+
+    def train(self, examples: list[Example], round: int) -> dict:
+        """Train on `examples` (all synthetic data so far) and push the new adapter to the scorers."""
+        data = [{"question": e.question, "target": self.task.target(e)} for e in examples]
+        data_ref = ray.put(data)  # one copy in the object store, read by every rank
+        metrics = ray.get(self.trainers.call("train", data_ref, round=round))[0]
+        t0 = time.perf_counter()
+        state = self._on_all_ranks_if_zero3("adapter_state")
+        self.push_adapter(state)
+        metrics.update(samples_per_s=metrics["samples"] / max(metrics["seconds"], 1e-9),
+                       adapter_bytes=self.adapter_bytes, sync_seconds=time.perf_counter() - t0)
+        return metrics
+
+    def push_adapter(self, state: dict | None) -> None:
+        """Load `state` (an adapter_state dict, or None = base model) into every scorer; also the
+        way to restore a checkpointed adapter on resume."""
+        if state is None:
+            self.adapter_ref, self.adapter_bytes = None, 0
+            ray.get(self.scorers.call("load_adapter", None))
+            return
+        self.adapter_bytes = state_bytes(state)
+        self.adapter_ref = ray.put(state)  # the ONE put: every scorer reads this same object
+        ray.get(self.scorers.call("load_adapter", self.adapter_ref))
+
+    def adapter_state(self) -> dict | None:
+        """The adapter last pushed to the scorers (None before the first training)."""
+        return None if self.adapter_ref is None else ray.get(self.adapter_ref)
+
+    def train_loss(self, examples: list[Example]) -> float:
+        data = [{"question": e.question, "target": self.task.target(e)} for e in examples]
+        return ray.get(self.trainers.call("train_loss", data))[0]
+
+    def save_adapter(self, path: str) -> str:
+        """PEFT folder loadable with `PeftModel.from_pretrained(base, path)`."""
+        return self._on_all_ranks_if_zero3("save_adapter", str(path))
+
+    # ------------------------------------------------------------------ scoring / evaluation
+    def score(self, seeds: list[Example], needs: set[str]) -> dict[str, np.ndarray | list]:
+        """Score columns over `seeds`, in order, sharded over the scorer actors."""
+        items = [{"question": e.question, "answer": self.task.target(e)} for e in seeds]
+        rows = self.scorers.gather_sharded("score", items, needs=sorted(needs))
+        cols: dict[str, np.ndarray | list] = {
+            name: np.array([r[name] for r in rows], dtype=np.float64)
+            for name in ("loss", "loss_gt", "entropy")}
+        cols["answer_text"] = [r["answer_text"] for r in rows]
+        cols["correct"] = np.array([float(self.task.check_completion(e, t))
+                                    for e, t in zip(seeds, cols["answer_text"])])
+        if "grad_embed" in needs:
+            cols["grad_embed"] = np.stack([r["grad_embed"] for r in rows]).astype(np.float64) \
+                if rows else np.zeros((0, 0))
+        if rows and "reward" in rows[0]:
+            cols["reward"] = np.array([r["reward"] for r in rows], dtype=np.float64)
+        return cols
+
+    def evaluate(self, test: list[Example]) -> dict:
+        items = [{"question": e.question} for e in test]
+        completions = self.scorers.gather_sharded("generate", items)
+        correct = [bool(self.task.check_completion(e, c)) for e, c in zip(test, completions)]
+        return {"accuracy": float(np.mean(correct)) if correct else 0.0, "n": len(test),
+                "correct": correct, "completions": completions}
+
+    # ------------------------------------------------------------------ misc
+    def full_weight_bytes(self) -> int:
+        """What syncing the whole model instead of the adapter would move per round."""
+        return ray.get(self.scorers.actors[0].weight_bytes.remote())
+
+    def shutdown(self) -> None:
+        for group in (getattr(self, "scorers", None), getattr(self, "trainers", None)):
+            if group is not None:
+                group.shutdown()

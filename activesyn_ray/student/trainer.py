@@ -1,0 +1,244 @@
+"""The student trainer: one Ray actor per data-parallel rank, DeepSpeed ZeRO over a PEFT LoRA model.
+
+Set up the way OpenRLHF's DeepSpeed actors are: rank 0 reports an address and a free port, every
+rank exports MASTER_ADDR / MASTER_PORT / RANK / LOCAL_RANK / WORLD_SIZE and calls
+`deepspeed.init_distributed` (gloo on CPU, nccl on GPU). StudentPool (pool.py) drives the handshake:
+
+    group = ActorGroup(TrainerWorker, name="trainer", resources=cfg.resources.trainer,
+                       init_kwargs=dict(cfg=cfg))
+    addr, port = ray.get(group.actors[0].get_master_addr_port.remote())
+    ray.get(group.call("init_distributed", master_addr=addr, master_port=port))
+    metrics = ray.get(group.call("train", examples_ref, round=0))[0]
+
+Each rank trains on its own slice of a deterministic per-(seed, round, epoch) shuffle, like
+DistributedSampler; DeepSpeed averages the gradients, so R ranks x micro batch m take exactly the
+steps one rank with micro batch R*m would (tests/test_student.py checks this).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gc
+import os
+import socket
+import time
+
+import numpy as np
+import torch
+
+from activesyn_ray.actors import set_threads
+from activesyn_ray.models import resolve_model
+from activesyn_ray.student.data import collate, encode, per_example_nll
+
+
+def resolve_dtype(name: str, *, cuda: bool) -> torch.dtype:
+    """"auto": bf16 on GPU, fp32 on CPU (AVX2 CPUs run bf16 ~10x slower)."""
+    if name == "auto":
+        return torch.bfloat16 if cuda else torch.float32
+    return {"float32": torch.float32, "bfloat16": torch.bfloat16}[name]
+
+
+def peft_lora_config(lora):
+    """Our LoraConfig group -> peft.LoraConfig (shared by the trainer and the scorers)."""
+    from peft import LoraConfig as PeftLoraConfig
+
+    return PeftLoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
+                          target_modules=lora.target_modules, task_type="CAUSAL_LM")
+
+
+def skip_shm_comm_build() -> None:
+    """Stop DeepSpeed from JIT-compiling its `deepspeed_shm_comm` op (~2 min on a busy 2-core box).
+
+    TorchBackend builds it whenever the probe says it *could* be built, but it only serves
+    `inference_all_reduce` (tensor-parallel inference); training collectives go through
+    torch.distributed (gloo) either way. No environment variable turns it off in DeepSpeed 0.19;
+    the probe's result dict is cached module-wide and its edits persist (ops/__init__.py says so).
+    """
+    import deepspeed.ops
+
+    deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
+
+
+def epoch_slices(n: int, *, rank: int, world_size: int, micro: int, seed: int, round: int,
+                 epoch: int) -> list[list[int]]:
+    """This rank's micro-batches for one epoch: a shuffle seeded by (seed, round, epoch), padded by
+    wrapping to a multiple of world_size (as DistributedSampler does), then every world_size-th index,
+    so rank r's k-th micro batch and the other ranks' k-th ones together are one global batch."""
+    order = np.random.default_rng([seed, round, epoch]).permutation(n)
+    pad = (-n) % world_size
+    order = np.concatenate([order, order[:pad]]) if pad else order
+    mine = order[rank::world_size].tolist()
+    return [mine[i:i + micro] for i in range(0, len(mine), micro)]
+
+
+class TrainerWorker:
+    def __init__(self, *, rank: int, world_size: int, num_cpus: float, cfg):
+        set_threads(num_cpus)
+        from transformers import AutoTokenizer
+
+        self.rank, self.world_size, self.cfg = rank, world_size, cfg
+        self.scfg = cfg.student
+        self.cuda = torch.cuda.is_available()
+        self.dtype = resolve_dtype(self.scfg.dtype, cuda=self.cuda)
+        self.model_path = resolve_model(self.scfg.model)
+        self.tokenizer = AutoTokenizer.from_pretrained(self.model_path)
+        self.engine = None
+
+    # ------------------------------------------------------------------ distributed setup
+    def get_master_addr_port(self) -> tuple[str, int]:
+        import ray
+
+        with socket.socket() as s:  # a port free now on this node; rank 0 binds it right after
+            s.bind(("", 0))
+            port = s.getsockname()[1]
+        return ray.util.get_node_ip_address(), port
+
+    def init_distributed(self, *, master_addr: str, master_port: int) -> None:
+        import deepspeed
+
+        # Ray gives each GPU actor its own CUDA_VISIBLE_DEVICES, so the local device is always 0.
+        os.environ.update(MASTER_ADDR=master_addr, MASTER_PORT=str(master_port), RANK=str(self.rank),
+                          LOCAL_RANK="0", WORLD_SIZE=str(self.world_size))
+        if self.cuda:
+            torch.cuda.set_device(0)
+        else:
+            skip_shm_comm_build()
+        deepspeed.init_distributed(dist_backend="nccl" if self.cuda else "gloo")
+
+    # ------------------------------------------------------------------ model / engine
+    def _build_engine(self) -> None:
+        """Fresh base weights + LoRA adapter (seeded, so identical on every rank and every round)
+        + a new optimizer, inside a new DeepSpeed engine."""
+        import deepspeed
+        from transformers import AutoModelForCausalLM
+
+        if self.engine is not None:
+            self.engine.destroy()  # removes its ZeRO grad hooks from the old parameters
+            self.engine = None
+            gc.collect()
+        # fp32 weights in: with bf16 on, DeepSpeed casts the module and keeps fp32 master copies.
+        model = AutoModelForCausalLM.from_pretrained(self.model_path, dtype=torch.float32)
+        torch.manual_seed(self.cfg.seed)
+        if self.scfg.lora is not None:
+            from peft import get_peft_model
+
+            model = get_peft_model(model, peft_lora_config(self.scfg.lora))
+        params = [p for p in model.parameters() if p.requires_grad]
+        optimizer = torch.optim.AdamW(params, lr=self.scfg.lr, weight_decay=0.0)
+        ds_config = {
+            "train_micro_batch_size_per_gpu": self.scfg.micro_batch_size,
+            "gradient_accumulation_steps": self.scfg.grad_accum,
+            "train_batch_size": self.scfg.micro_batch_size * self.scfg.grad_accum * self.world_size,
+            "gradient_clipping": 1.0,
+            "zero_optimization": {"stage": self.scfg.zero_stage},
+            "bf16": {"enabled": self.dtype == torch.bfloat16},
+            "steps_per_print": 10**9,
+            "wall_clock_breakdown": False,
+        }
+        self.engine, *_ = deepspeed.initialize(model=model, optimizer=optimizer, config=ds_config)
+
+    @contextlib.contextmanager
+    def _full_params(self):
+        """ZeRO-3 shards the weights themselves: gather them to read the adapter or run eval."""
+        if self.scfg.zero_stage == 3:
+            import deepspeed
+
+            with deepspeed.zero.GatheredParameters(list(self.engine.module.parameters())):
+                yield
+        else:
+            yield
+
+    def _features(self, examples: list[dict]) -> list:
+        return [encode(self.tokenizer, ex, self.scfg.max_seq_len) for ex in examples]
+
+    def _mean_across_ranks(self, total: float, count: float) -> float:
+        import torch.distributed as dist
+
+        t = torch.tensor([total, count], dtype=torch.float64,
+                         device=self.engine.device if self.cuda else "cpu")
+        if dist.is_initialized() and self.world_size > 1:
+            dist.all_reduce(t)
+        return float(t[0] / t[1]) if t[1] > 0 else float("nan")
+
+    # ------------------------------------------------------------------ training
+    def train(self, examples: list[dict], round: int) -> dict:
+        """`cfg.student.epochs` passes over `examples` ({"question", "target"} dicts)."""
+        t0 = time.perf_counter()
+        if self.engine is None or self.scfg.restart_each_round:
+            self._build_engine()
+        engine, micro, accum = self.engine, self.scfg.micro_batch_size, self.scfg.grad_accum
+        feats = self._features(examples)
+        pad_id = self.tokenizer.pad_token_id
+        engine.train()
+        epoch_losses, steps, samples = [], 0, 0
+        for epoch in range(self.scfg.epochs):
+            batches = epoch_slices(len(feats), rank=self.rank, world_size=self.world_size,
+                                   micro=micro, seed=self.cfg.seed, round=round, epoch=epoch)
+            total, count = 0.0, 0
+            for g in range(0, len(batches), accum):
+                group = batches[g:g + accum]
+                for j, idx in enumerate(group):
+                    batch = {k: v.to(engine.device) for k, v in
+                             collate([feats[i] for i in idx], pad_id).items()}
+                    labels = batch.pop("labels")
+                    # The last micro batch of an epoch may close a short accumulation group: mark
+                    # the boundary ourselves and average over the group's real size.
+                    engine.set_gradient_accumulation_boundary(j == len(group) - 1)
+                    loss = per_example_nll(engine(**batch).logits, labels).mean()
+                    engine.backward(loss / len(group), scale_wrt_gas=False)
+                    engine.step()
+                    total += loss.item()
+                    count += 1
+                    samples += len(idx)
+                steps += 1
+            epoch_losses.append(self._mean_across_ranks(total, count))
+        return {"loss_first_epoch": epoch_losses[0] if epoch_losses else float("nan"),
+                "loss_last_epoch": epoch_losses[-1] if epoch_losses else float("nan"),
+                "steps": steps, "samples": samples * self.world_size,
+                "seconds": time.perf_counter() - t0}
+
+    @torch.no_grad()
+    def train_loss(self, examples: list[dict], batch_size: int = 32) -> float:
+        """Mean answer-token loss (per-example mean, averaged over examples) of the current model,
+        each rank on its own slice; every rank must be called (the result is all-reduced)."""
+        if self.engine is None:
+            self._build_engine()
+        engine = self.engine
+        feats = self._features(examples)[self.rank::self.world_size]
+        engine.eval()
+        total = 0.0
+        with self._full_params():
+            for i in range(0, len(feats), batch_size):
+                batch = {k: v.to(engine.device) for k, v in
+                         collate(feats[i:i + batch_size], self.tokenizer.pad_token_id).items()}
+                labels = batch.pop("labels")
+                total += per_example_nll(engine.module(**batch).logits, labels).sum().item()
+        engine.train()
+        return self._mean_across_ranks(total, len(feats))
+
+    # ------------------------------------------------------------------ the adapter
+    def adapter_state(self) -> dict[str, torch.Tensor]:
+        """The trained weights on CPU: the PEFT adapter (LoRA) or, with lora: null, every weight."""
+        if self.engine is None:
+            self._build_engine()
+        module = self.engine.module
+        with self._full_params():
+            if self.scfg.lora is not None:
+                from peft import get_peft_model_state_dict
+
+                state = get_peft_model_state_dict(module)
+            else:
+                state = module.state_dict()
+            return {k: v.detach().to("cpu", torch.float32).clone() for k, v in state.items()}
+
+    def save_adapter(self, path: str) -> str:
+        """PEFT folder (`PeftModel.from_pretrained(base, path)` loads it), or a full model folder
+        when training every weight. Rank 0 writes; other ranks only join the ZeRO-3 gather."""
+        if self.engine is None:
+            self._build_engine()
+        with self._full_params():
+            if self.rank == 0:
+                self.engine.module.save_pretrained(path)
+                if self.scfg.lora is None:
+                    self.tokenizer.save_pretrained(path)
+        return path
