@@ -23,6 +23,7 @@ from __future__ import annotations
 import logging
 import random
 import time
+import uuid
 from collections import deque
 from typing import Callable
 
@@ -49,7 +50,9 @@ class ActorDispatcher:
         self.cfg = cfg
         self.max_retries = cfg.teacher.max_retries
         self.micro_batch = cfg.teacher.micro_batch_size
-        self.group = ActorGroup(TeacherReplica, name="teacher", resources=teacher_resources(cfg),
+        # placement-group names are unique per Ray namespace: a suffix lets two pools coexist
+        self.group = ActorGroup(TeacherReplica, name=f"teacher-{uuid.uuid4().hex[:6]}",
+                                resources=teacher_resources(cfg),
                                 init_kwargs=dict(cfg=cfg, task=task),
                                 placement_timeout_s=cfg.resources.placement_timeout_s)
         n = self.group.world_size
@@ -63,7 +66,13 @@ class ActorDispatcher:
         self._rng = random.Random(rng_seed)
         # Start every replica now: engine errors (missing model, bad endpoint) surface here, and
         # vLLM's start-up (~30-50 s on CPU) is not billed to the first batch.
-        self.info = ray.get([a.ready.remote() for a in self.group.actors])
+        try:
+            self.info = ray.get([a.ready.remote() for a in self.group.actors])
+        except Exception as err:
+            self.group.shutdown()
+            cause = err.cause if isinstance(err, ray.exceptions.RayTaskError) else err
+            raise TeacherError(f"teacher replicas ({cfg.teacher.engine}, model "
+                               f"{cfg.teacher.model!r}) failed to start: {cause}") from None
         self._warming: dict[ray.ObjectRef, tuple[int, int]] = {}
         self.ready = [True] * n
 
@@ -114,11 +123,12 @@ class ActorDispatcher:
         done: dict[str, Completion] = {}
         inflight: dict[ray.ObjectRef, tuple[int, int, list[TeacherRequest]]] = {}
 
+        live = sum(1 for r in range(self.num_replicas) if not self.dead[r]) or 1
+        size = max(1, min(self.micro_batch, -(-len(requests) // live)))  # a few requests: spread them
+
         def next_batch() -> list[TeacherRequest]:
             if queue:
                 return queue.popleft()
-            live = sum(1 for r in range(self.num_replicas) if not self.dead[r]) or 1
-            size = max(1, min(self.micro_batch, -(-len(pending) // live)))
             return [pending.popleft() for _ in range(min(size, len(pending)))]
 
         def give_back(batch: list[TeacherRequest], err: Exception, *, split: bool) -> None:
@@ -152,14 +162,7 @@ class ActorDispatcher:
             ready, _ = ray.wait(list(inflight) + list(self._warming), num_returns=1)
             ref = ready[0]
             if ref in self._warming:
-                rank, gen = self._warming.pop(ref)
-                try:
-                    ray.get(ref)
-                    if gen == self.generation[rank]:
-                        self.ready[rank] = True
-                        self.calls[rank] = self.load[rank] = 0
-                except REPLICA_DEATH + (ray.exceptions.RayTaskError,) as err:
-                    self._replica_died(rank, gen, err)
+                self._warmed(ref)
                 continue
             rank, gen, batch = inflight.pop(ref)
             if gen == self.generation[rank]:
@@ -182,6 +185,26 @@ class ActorDispatcher:
                 if on_result is not None:
                     on_result(req, comp)
         return done
+
+    def wait_ready(self, timeout_s: float | None = None) -> None:
+        """Block until restarted replicas have started (tests, orderly shutdown)."""
+        while self._warming:
+            ready, _ = ray.wait(list(self._warming), num_returns=1, timeout=timeout_s)
+            if not ready:
+                raise TeacherError(f"teacher replicas not started within {timeout_s}s")
+            self._warmed(ready[0])
+
+    def _warmed(self, ref) -> None:
+        """A restarted replica's ready() came back: put it in service (or count another failure)."""
+        rank, gen = self._warming.pop(ref)
+        try:
+            ray.get(ref)
+        except REPLICA_DEATH + (ray.exceptions.RayTaskError,) as err:
+            self._replica_died(rank, gen, err)
+            return
+        if gen == self.generation[rank]:
+            self.ready[rank] = True
+            self.calls[rank] = self.load[rank] = 0
 
     def shutdown(self) -> None:
         self.group.shutdown()

@@ -94,9 +94,10 @@ class TeacherPool:
             max_new = min(max_new, ctx - est)
             if max_new <= 0:
                 self._stats["too_long"] += 1
-                log.warning("teacher request %s skipped: its prompt (%d tokens) fills the teacher's "
-                            "context (%d); shorten the %s prompt or raise teacher.vllm.max_model_len",
-                            rid, est, ctx, kind)
+                log.warning("teacher request %s skipped: its %s prompt (%d tokens) fills the "
+                            "teacher's context (%d tokens: the model's max_position_embeddings, or "
+                            "teacher.vllm.max_model_len for vllm); shorten the prompt template",
+                            rid, kind, est, ctx)
                 return None
         return TeacherRequest(id=rid, kind=kind, prompt=prompt, seed=request_seed(self.cfg.seed, rid),
                               max_new_tokens=max_new, temperature=temperature,
