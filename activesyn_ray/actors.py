@@ -7,7 +7,14 @@
 
 Actors are created with keyword-only constructors `(*, rank, world_size, num_cpus, **init_kwargs)`
 inside a placement group sized from config (see placement.py), so the same code fits 2 CPU cores
-here and many GPUs on a cluster.
+here and many GPUs on a cluster. Two groups can share one placement group (actor i of each in
+bundle i, e.g. scorer i on trainer rank i's GPU):
+
+    pg = placement.reserve_shared("student", [res.trainer, res.scorers], strategy="PACK",
+                                  timeout_s=res.placement_timeout_s)
+    trainer = ActorGroup(TrainerWorker, name="trainer", resources=res.trainer, placement_group=pg)
+    scorers = ActorGroup(ScorerWorker, name="scorers", resources=res.scorers, placement_group=pg)
+    ...; trainer.shutdown(); scorers.shutdown(); placement.release(pg)
 """
 
 from __future__ import annotations
@@ -16,9 +23,10 @@ import os
 from typing import Any
 
 import ray
+from ray.util.placement_group import PlacementGroup
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
-from activesyn_ray.placement import bundle_for, reserve
+from activesyn_ray.placement import PlacementError, bundle_for, reserve
 
 
 def set_threads(num_cpus: float) -> int:
@@ -45,16 +53,29 @@ def shard(items: list, n: int) -> list[list]:
 
 class ActorGroup:
     def __init__(self, actor_cls, *, name: str, resources, init_kwargs: dict[str, Any] | None = None,
-                 placement_timeout_s: float = 60, runtime_env: dict | None = None):
+                 placement_timeout_s: float = 60, runtime_env: dict | None = None,
+                 placement_group: PlacementGroup | None = None, node_wait_s: float | None = None):
+        """placement_group: join this (shared) group, actor i in bundle i, instead of reserving
+        one; the caller keeps ownership. node_wait_s: how long to wait for nodes an autoscaler is
+        still starting before failing (default placement_timeout_s; without pending nodes a
+        request larger than the cluster fails at once)."""
         self.name = name
         self.resources = resources
         self.world_size = resources.num_workers
         self.init_kwargs = init_kwargs or {}
         self.runtime_env = runtime_env
         self._cls = actor_cls if isinstance(actor_cls, ray.actor.ActorClass) else ray.remote(actor_cls)
-        bundle = bundle_for(resources)
-        self.pg = reserve(name, [bundle] * self.world_size, strategy=resources.placement_strategy,
-                          timeout_s=placement_timeout_s)
+        self._owns_pg = placement_group is None
+        if placement_group is not None:
+            if placement_group.bundle_count < self.world_size:
+                raise PlacementError(f"{name}: {self.world_size} actors but the shared placement "
+                                     f"group has {placement_group.bundle_count} bundles")
+            self.pg = placement_group
+        else:
+            wait = placement_timeout_s if node_wait_s is None else node_wait_s
+            self.pg = reserve(name, [bundle_for(resources)] * self.world_size,
+                              strategy=resources.placement_strategy, timeout_s=placement_timeout_s,
+                              node_wait_s=wait)
         self.actors = [self._start(rank) for rank in range(self.world_size)]
 
     def _start(self, rank: int):
@@ -99,6 +120,6 @@ class ActorGroup:
             except Exception:
                 pass
         self.actors = []
-        if self.pg is not None:
+        if self.pg is not None and self._owns_pg:
             remove_placement_group(self.pg)
-            self.pg = None
+        self.pg = None
