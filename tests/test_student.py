@@ -87,8 +87,9 @@ def ray_session():
     ray = pytest.importorskip("ray")
     from activesyn_ray.runtime import worker_env
 
-    ray.init(num_cpus=4, include_dashboard=False, runtime_env={"env_vars": worker_env()},
-             log_to_driver=False)
+    # address="local": our own Ray even when another cluster runs on this machine
+    ray.init(address="local", num_cpus=4, include_dashboard=False,
+             runtime_env={"env_vars": worker_env()}, log_to_driver=False)
     yield ray
     ray.shutdown()
 

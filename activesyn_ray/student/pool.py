@@ -59,7 +59,7 @@ class StudentPool:
         t0 = time.perf_counter()
         state = self._on_all_ranks_if_zero3("adapter_state")
         self.push_adapter(state)
-        metrics.update(samples_per_s=metrics["samples"] / max(metrics["seconds"], 1e-9),
+        metrics.update(samples_per_s=metrics["samples"] / max(metrics["loop_seconds"], 1e-9),
                        adapter_bytes=self.adapter_bytes, sync_seconds=time.perf_counter() - t0)
         return metrics
 
@@ -89,6 +89,9 @@ class StudentPool:
     # ------------------------------------------------------------------ scoring / evaluation
     def score(self, seeds: list[Example], needs: set[str]) -> dict[str, np.ndarray | list]:
         """Score columns over `seeds`, in order, sharded over the scorer actors."""
+        if "reward" in needs and not self.cfg.selection.reward_model:
+            raise ValueError("selection.reward_model: a reward model is required to score "
+                             "'reward' (a folder, or tiny-reward for tests)")
         items = [{"question": e.question, "answer": self.task.target(e)} for e in seeds]
         rows = self.scorers.gather_sharded("score", items, needs=sorted(needs))
         cols: dict[str, np.ndarray | list] = {

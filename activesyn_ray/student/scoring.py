@@ -32,7 +32,7 @@ BADGE_DIMS = 16  # projected vocabulary dims of the BADGE embedding (size = BADG
 class ScorerWorker:
     def __init__(self, *, rank: int, world_size: int, num_cpus: float, cfg, batch_size: int = 16):
         set_threads(num_cpus)
-        from transformers import AutoModelForCausalLM, AutoTokenizer
+        from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
 
         self.rank, self.cfg, self.scfg, self.batch_size = rank, cfg, cfg.student, batch_size
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -50,6 +50,12 @@ class ScorerWorker:
         else:  # full finetune: keep the base weights to return to on load_adapter(None)
             self._base_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
         self.model = model.eval()
+        # A fresh config, so nothing from the model's own generation_config.json (sampling,
+        # repetition penalty) changes what "greedy" means.
+        self._gen_config = GenerationConfig(
+            max_new_tokens=self.scfg.max_new_tokens, do_sample=False, num_beams=1,
+            eos_token_id=self.tokenizer.eos_token_id, pad_token_id=self.tokenizer.pad_token_id,
+            bos_token_id=self.tokenizer.bos_token_id)
         self.adapter_on = False  # no adapter pushed yet: score with the base model
         self._proj = None
         self._reward = None
@@ -91,9 +97,7 @@ class ScorerWorker:
         tok = self.tokenizer
         ids, mask = left_pad(prompts, tok.pad_token_id)
         out = self.model.generate(input_ids=ids.to(self.device), attention_mask=mask.to(self.device),
-                                  max_new_tokens=self.scfg.max_new_tokens, do_sample=False,
-                                  num_beams=1, temperature=None, top_p=None, top_k=None,
-                                  eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+                                  generation_config=self._gen_config)
         answers = []
         for row in out[:, ids.shape[1]:].tolist():
             if tok.eos_token_id in row:

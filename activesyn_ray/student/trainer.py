@@ -162,10 +162,12 @@ class TrainerWorker:
 
     # ------------------------------------------------------------------ training
     def train(self, examples: list[dict], round: int) -> dict:
-        """`cfg.student.epochs` passes over `examples` ({"question", "target"} dicts)."""
+        """`cfg.student.epochs` passes over `examples` ({"question", "target"} dicts). `seconds`
+        includes (re)building the engine; `loop_seconds` is the training loop alone."""
         t0 = time.perf_counter()
         if self.engine is None or self.scfg.restart_each_round:
             self._build_engine()
+        t_loop = time.perf_counter()
         engine, micro, accum = self.engine, self.scfg.micro_batch_size, self.scfg.grad_accum
         feats = self._features(examples)
         pad_id = self.tokenizer.pad_token_id
@@ -195,7 +197,7 @@ class TrainerWorker:
         return {"loss_first_epoch": epoch_losses[0] if epoch_losses else float("nan"),
                 "loss_last_epoch": epoch_losses[-1] if epoch_losses else float("nan"),
                 "steps": steps, "samples": samples * self.world_size,
-                "seconds": time.perf_counter() - t0}
+                "seconds": time.perf_counter() - t0, "loop_seconds": time.perf_counter() - t_loop}
 
     @torch.no_grad()
     def train_loss(self, examples: list[dict], batch_size: int = 32) -> float:

@@ -1,0 +1,137 @@
+"""Student throughput: trainer samples/s (1 and 2 ranks), scoring examples/s (S=1 vs S=2 shards,
+measured in the same run), and the bytes one adapter sync moves vs a full-weight sync.
+
+    python benchmarks/bench_student.py                                   # SmolLM2-135M, 1 rank
+    python benchmarks/bench_student.py --model tiny --ranks 2 --out bench_student.json
+
+Sizes are small by default so it finishes in minutes on a 2-core CPU; raise them on GPUs
+(`--num-gpus 1` gives every actor a GPU; the model then trains in bf16).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+from pathlib import Path
+
+
+def parse_args():
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--model", default="smollm2-135m", help="student model spec (smollm2-135m, tiny)")
+    p.add_argument("--ranks", type=int, default=1, choices=[1, 2],
+                   help="2 also measures a 2-rank DeepSpeed group with the same global batch")
+    p.add_argument("--train-examples", type=int, default=16)
+    p.add_argument("--score-examples", type=int, default=16)
+    p.add_argument("--epochs", type=int, default=1)
+    p.add_argument("--micro", type=int, default=4, help="global micro batch (split over ranks)")
+    p.add_argument("--max-seq-len", type=int, default=128)
+    p.add_argument("--max-new-tokens", type=int, default=16)
+    p.add_argument("--score-batch", type=int, default=8)
+    p.add_argument("--needs", default="loss", help="comma list, e.g. loss,grad_embed")
+    p.add_argument("--num-cpus", type=float, default=1, help="CPUs per actor")
+    p.add_argument("--num-gpus", type=float, default=0, help="GPUs per actor")
+    p.add_argument("--out", default=None, help="write the results as JSON here")
+    return p.parse_args()
+
+
+def main() -> None:
+    a = parse_args()
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    import ray
+
+    from activesyn_ray.actors import ActorGroup
+    from activesyn_ray.config import ActorResources, config_from_dict
+    from activesyn_ray.runtime import worker_env
+    from activesyn_ray.student.scoring import ScorerWorker
+    from activesyn_ray.student.trainer import TrainerWorker
+    from activesyn_ray.tasks import build_task
+
+    def cfg_for(ranks: int):
+        return config_from_dict({
+            "task": {"kind": "gym", "name": "basic_arithmetic",
+                     "seed_size": max(a.train_examples, a.score_examples), "test_size": 8},
+            "student": {"model": a.model, "epochs": a.epochs, "micro_batch_size": a.micro // ranks,
+                        "max_seq_len": a.max_seq_len, "max_new_tokens": a.max_new_tokens},
+            "resources": {"trainer": {"num_workers": ranks, "num_cpus": a.num_cpus,
+                                      "num_gpus": a.num_gpus}},
+        })
+
+    cfg = cfg_for(1)
+    task = build_task(cfg.task, seed=0)
+    seeds, _ = task.splits()
+    train_data = [{"question": e.question, "target": task.target(e)} for e in seeds[:a.train_examples]]
+    score_items = [{"question": e.question, "answer": task.target(e)} for e in seeds[:a.score_examples]]
+    needs = [n for n in a.needs.split(",") if n]
+
+    n_actors = max(a.ranks, 2) + 1
+    # address="local": always our own Ray, never a cluster someone else started on this machine
+    ray.init(address="local", num_cpus=int(max(4, n_actors * a.num_cpus + 1)),
+             include_dashboard=False, runtime_env={"env_vars": worker_env()}, log_to_driver=False)
+    results: dict = {"model": a.model, "args": vars(a)}
+    state = None
+    try:
+        # ---- trainer: samples/s of the training loop (engine build reported separately)
+        for ranks in sorted({1, a.ranks}):
+            c = cfg_for(ranks)
+            group = ActorGroup(TrainerWorker, name=f"bench-trainer{ranks}",
+                               resources=c.resources.trainer, init_kwargs=dict(cfg=c))
+            try:
+                addr, port = ray.get(group.actors[0].get_master_addr_port.remote())
+                ray.get(group.call("init_distributed", master_addr=addr, master_port=port))
+                m = ray.get(group.call("train", train_data, round=0))[0]
+                if state is None:
+                    state = ray.get(group.actors[0].adapter_state.remote())
+            finally:
+                group.shutdown()
+            results[f"train_{ranks}rank"] = {
+                "samples_per_s": m["samples"] / m["loop_seconds"], "samples": m["samples"],
+                "steps": m["steps"], "loop_seconds": m["loop_seconds"],
+                "engine_build_seconds": m["seconds"] - m["loop_seconds"],
+                "micro_per_rank": c.student.micro_batch_size, "loss_first_epoch": m["loss_first_epoch"]}
+            print(f"trainer {ranks} rank(s): {results[f'train_{ranks}rank']['samples_per_s']:.2f} "
+                  f"samples/s ({m['samples']} samples, {m['steps']} steps, "
+                  f"{m['loop_seconds']:.1f} s loop)", flush=True)
+
+        # ---- scorers: S=1 and S=2, same items, same adapter, one after the other
+        ref = ray.put(state)
+        adapter_bytes = sum(t.numel() * t.element_size() for t in state.values())
+        rows_by_s = {}
+        for shards in (1, 2):
+            group = ActorGroup(ScorerWorker, name=f"bench-scorer{shards}",
+                               resources=ActorResources(num_workers=shards, num_cpus=a.num_cpus,
+                                                        num_gpus=a.num_gpus),
+                               init_kwargs=dict(cfg=cfg, batch_size=a.score_batch))
+            try:
+                full_bytes = ray.get(group.call("weight_bytes"))[0]  # also waits for start-up
+                t0 = time.perf_counter()
+                ray.get(group.call("load_adapter", ref))
+                sync_s = time.perf_counter() - t0
+                group.gather_sharded("score", score_items[:shards], needs=needs)  # warm-up
+                t0 = time.perf_counter()
+                rows = group.gather_sharded("score", score_items, needs=needs)
+                dt = time.perf_counter() - t0
+            finally:
+                group.shutdown()
+            rows_by_s[shards] = rows
+            results[f"score_S{shards}"] = {"examples_per_s": len(rows) / dt, "seconds": dt,
+                                           "examples": len(rows), "adapter_load_seconds": sync_s}
+            print(f"scoring S={shards}: {len(rows) / dt:.2f} examples/s ({len(rows)} in {dt:.1f} s)",
+                  flush=True)
+        same = [r["answer_text"] for r in rows_by_s[1]] == [r["answer_text"] for r in rows_by_s[2]]
+        max_dloss = max(abs(x["loss"] - y["loss"]) for x, y in zip(rows_by_s[1], rows_by_s[2]))
+        results["score_S2_equals_S1"] = {"same_answers": same, "max_abs_loss_diff": max_dloss}
+        results["sync"] = {"adapter_bytes": adapter_bytes, "full_weight_bytes": full_bytes,
+                           "ratio": adapter_bytes / full_bytes}
+        print(f"sync: adapter {adapter_bytes / 2**20:.2f} MiB vs full weights "
+              f"{full_bytes / 2**20:.1f} MiB (x{full_bytes / adapter_bytes:.0f} less)")
+    finally:
+        ray.shutdown()
+    if a.out:
+        Path(a.out).write_text(json.dumps(results, indent=2))
+        print(f"wrote {a.out}")
+
+
+if __name__ == "__main__":
+    main()
