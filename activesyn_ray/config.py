@@ -140,7 +140,8 @@ class SelectionConfig(_Group):
     """topk: the k highest-priority seeds; sample: k seeds drawn with probability ~ softmax(score/T)."""
     temperature: float = Field(1.0, gt=0)
     reward_model: str | None = None
-    """Sequence-classification reward model for strategy=reward (folder or `tiny-reward`)."""
+    """strategy=reward: a sequence-classification reward model (HF folder; `tiny-reward` for
+    tests), or `verifier`: the task's exact answer checker as a rule-based reward (CPU stand-in)."""
     balanced_hard_fraction: float = Field(0.5, ge=0, le=1)
     """strategy=balanced: share of each batch taken from the hardest seeds, the rest from easy ones."""
 
@@ -248,6 +249,9 @@ class RunConfig(_Group):
         if self.selection.strategy not in STRATEGIES:
             raise ValueError(f"selection.strategy: unknown {self.selection.strategy!r}; "
                              f"choose one of {', '.join(sorted(STRATEGIES))}")
+        if self.selection.strategy == "reward" and not self.selection.reward_model:
+            raise ValueError("selection.reward_model: required for strategy 'reward' (a reward "
+                             "model folder, or `verifier` for the task's exact checker)")
         if self.task.kind == "jsonl" and not self.task.path:
             raise ValueError("task.path: required when task.kind is 'jsonl'")
         tp, gpus = self.teacher.vllm.tensor_parallel_size, self.resources.teacher.num_gpus

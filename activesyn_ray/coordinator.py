@@ -96,6 +96,9 @@ class Coordinator:
 
     def _score(self, examples: list[Example], iteration: int) -> SeedScores:
         needs = set(self.strategy.needs)
+        verifier = REWARD in needs and self.cfg.selection.reward_model == "verifier"
+        if verifier:  # rule-based reward: the task's exact checker on the student's own answer
+            needs = needs - {REWARD} | {CORRECT}
         student_needs = needs - {JUDGE}
         if JUDGE in needs:
             student_needs.add("answer_text")
@@ -103,6 +106,8 @@ class Coordinator:
         if JUDGE in needs:
             grades = self.teacher.judge(list(zip(examples, cols["answer_text"])), iteration=iteration)
             cols[JUDGE] = np.asarray(grades, dtype=float)
+        if verifier:
+            cols[REWARD] = np.asarray(cols[CORRECT], dtype=float)
         return SeedScores({k: np.asarray(v) for k, v in cols.items() if k != "answer_text"})
 
     def _primary(self, scores: SeedScores) -> np.ndarray | None:
@@ -142,36 +147,40 @@ class Coordinator:
         return self._save(state, phase="selected", selected=picked, seed_scores=seed_scores)
 
     def _request_cost(self) -> int:
-        """Worst-case teacher tokens of one generate request (prompt estimate + max new tokens)."""
-        return getattr(self, "_cost", None) or self.cfg.teacher.max_new_tokens + 256
+        """Worst-case teacher tokens of one generate request, to size k before scoring; the teacher
+        pool re-checks each request exactly before it is issued."""
+        return self.cfg.teacher.max_new_tokens + 256
+
+    def _selected_seeds(self, state: dict) -> list[Example]:
+        """The selected seeds; a seed drawn again (static, budget > pool) gets an `#n` id suffix so
+        every request id stays unique."""
+        out, seen = [], {}
+        for i in state["selected"]:
+            ex = self.seeds[i]
+            n = seen[i] = seen.get(i, 0) + 1
+            out.append(ex if n == 1 else Example(id=f"{ex.id}#{n}", question=ex.question,
+                                                 answer=ex.answer, solution=ex.solution,
+                                                 meta=ex.meta))
+        return out
 
     def _generate(self, state: dict, iteration: int, pbar) -> dict:
-        picked = state["selected"]
+        """Generate in chunks; each chunk is on disk and charged before the next is issued."""
+        seeds = self._selected_seeds(state)
         done_ids = {r["request_id"] for r in self.store.read(runstore.SYNTHETIC)}
-        chunk = max(8, 8 * self.cfg.teacher.replicas)
-        todo = [(j, i) for j, i in enumerate(picked)
-                if self._request_id(iteration, j, i) not in done_ids]
+        todo = [(j, s) for j, s in enumerate(seeds) if f"gen-{iteration}-{s.id}" not in done_ids]
+        chunk = max(8, self.cfg.teacher.micro_batch_size * self.cfg.teacher.replicas)
         for start in range(0, len(todo), chunk):
             part = todo[start:start + chunk]
-            seeds = [self.seeds[i] for _, i in part]
-            ids = [self._request_id(iteration, j, i) for j, i in part]
-            records = self.teacher.generate(seeds, iteration=iteration, request_ids=ids)
-            by_id = {r["request_id"]: r for r in records}
-            rows = []
-            for (j, i), rid in zip(part, ids):
-                if rid in by_id:
-                    rows.append(dict(by_id[rid], seed_score=state["seed_scores"][j],
-                                     seed_index=i))
+            records = self.teacher.generate([s for _, s in part], iteration=iteration)
+            slot = {f"gen-{iteration}-{s.id}": j for j, s in part}
+            rows = [dict(r, seed_score=state["seed_scores"][slot[r["request_id"]]],
+                         seed_index=state["selected"][slot[r["request_id"]]]) for r in records]
             self.store.append(runstore.SYNTHETIC, rows)
             state = self._save(state, n_synthetic=state["n_synthetic"] + len(rows))
             pbar.update(len(rows))
             if len(records) < len(part):  # the budget stopped the dispatcher
                 break
         return self._save(state, phase="generated")
-
-    @staticmethod
-    def _request_id(iteration: int, j: int, seed_index: int) -> str:
-        return f"gen-{iteration}-{j}-{seed_index}"
 
     def _score_synthetic(self, state: dict, iteration: int) -> None:
         """Score this round's new samples with the same student that chose their seeds, so the
@@ -314,6 +323,7 @@ def run_loop(run_dir: str | Path | RunStore) -> dict:
             ray.get(actor.shutdown.remote(), timeout=60)
         except Exception:
             pass
+        ray.kill(actor, no_restart=True)
     print(f"[activesyn] run directory: {summary['run_dir']}", flush=True)
     print(f"[activesyn] final accuracy: {summary['final_accuracy']}  ledger: {summary['ledger']}",
           flush=True)

@@ -32,4 +32,6 @@ def init_ray(resources_cfg, *, log_to_driver: bool = True) -> None:
     if address:
         ray.init(address=address, **{k: v for k, v in kwargs.items() if v is not None})
     else:
-        ray.init(num_cpus=resources_cfg.local_num_cpus, **kwargs)
+        # address="local": always a fresh local Ray; a bare ray.init() would silently join any
+        # `ray start` head already running on this machine.
+        ray.init(address="local", num_cpus=resources_cfg.local_num_cpus, **kwargs)
