@@ -169,6 +169,13 @@ def test_sharded_scoring_equals_unsharded(trained, task_data):
         # evaluation is sharded the same way
         q = [{"question": e.question} for e in test]
         assert single.gather_sharded("generate", q) == pool.scorers.gather_sharded("generate", q)
+        # reward_model: verifier = the task's exact checker on the student's answer, no model
+        pool.cfg.selection.reward_model = "verifier"
+        try:
+            cols = pool.score(seeds[:4], {"reward"})
+            assert np.array_equal(cols["reward"], cols["correct"])
+        finally:
+            pool.cfg.selection.reward_model = "tiny-reward"
         ev = pool.evaluate(test)
         assert ev["n"] == len(test) and len(ev["correct"]) == len(test)
         assert ev["accuracy"] == pytest.approx(np.mean(ev["correct"]))

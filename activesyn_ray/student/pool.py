@@ -91,7 +91,10 @@ class StudentPool:
         """Score columns over `seeds`, in order, sharded over the scorer actors."""
         if "reward" in needs and not self.cfg.selection.reward_model:
             raise ValueError("selection.reward_model: a reward model is required to score "
-                             "'reward' (a folder, or tiny-reward for tests)")
+                             "'reward' (a model folder, `verifier`, or tiny-reward for tests)")
+        verifier = "reward" in needs and self.cfg.selection.reward_model == "verifier"
+        if verifier:  # rule-based reward (the task's checker): no reward model on the scorers
+            needs = set(needs) - {"reward"}
         items = [{"question": e.question, "answer": self.task.target(e)} for e in seeds]
         rows = self.scorers.gather_sharded("score", items, needs=sorted(needs))
         cols: dict[str, np.ndarray | list] = {
@@ -105,6 +108,8 @@ class StudentPool:
                 if rows else np.zeros((0, 0))
         if rows and "reward" in rows[0]:
             cols["reward"] = np.array([r["reward"] for r in rows], dtype=np.float64)
+        if verifier:
+            cols["reward"] = cols["correct"].copy()
         return cols
 
     def evaluate(self, test: list[Example]) -> dict:

@@ -191,7 +191,7 @@ class ScorerWorker:
     def score(self, examples: list[dict], needs: list[str] | set[str] = ()) -> list[dict]:
         """`examples`: {"question", "answer" (reference target text)} dicts; one dict out each."""
         needs = set(needs)
-        want_reward = "reward" in needs and self.cfg.selection.reward_model
+        want_reward = "reward" in needs and self.cfg.selection.reward_model not in (None, "verifier")
         out: list[dict] = []
         with self._maybe_disabled():
             for i in range(0, len(examples), self.batch_size):
