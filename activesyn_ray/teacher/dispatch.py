@@ -177,6 +177,10 @@ class ActorDispatcher:
             except ray.exceptions.RayTaskError as err:
                 give_back(batch, err, split=True)
                 continue
+            except ray.exceptions.RayError as err:  # worker lost some other way (OOM kill, node gone)
+                self._replica_died(rank, gen, err)
+                give_back(batch, err, split=False)
+                continue
             self.failures[rank] = 0
             for req, comp in zip(batch, results):
                 if req.id in done:
@@ -199,7 +203,7 @@ class ActorDispatcher:
         rank, gen = self._warming.pop(ref)
         try:
             ray.get(ref)
-        except REPLICA_DEATH + (ray.exceptions.RayTaskError,) as err:
+        except ray.exceptions.RayError as err:  # died again while starting, or its engine failed
             self._replica_died(rank, gen, err)
             return
         if gen == self.generation[rank]:
