@@ -23,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 import ray
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from activesyn_ray import runstore
 from activesyn_ray.budget import Ledger
@@ -314,8 +315,12 @@ def run_loop(run_dir: str | Path | RunStore) -> dict:
     store = run_dir if isinstance(run_dir, RunStore) else RunStore(run_dir)
     cfg = load_config(store.path(runstore.CONFIG))
     init_ray(cfg.resources)
+    # Pinned to the driver's node: the run directory is a local path there (no shared storage needed;
+    # adapters come back from the trainer as bytes).
+    here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
     actor = ray.remote(Coordinator).options(num_cpus=cfg.resources.coordinator_num_cpus,
-                                            max_concurrency=2).remote(run_dir=str(store.root))
+                                            scheduling_strategy=here, max_concurrency=2
+                                            ).remote(run_dir=str(store.root.resolve()))
     try:
         summary = ray.get(actor.run.remote())
     finally:

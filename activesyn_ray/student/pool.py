@@ -17,6 +17,7 @@ import time
 import numpy as np
 import ray
 
+from activesyn_ray import placement
 from activesyn_ray.actors import ActorGroup
 from activesyn_ray.student.scoring import ScorerWorker
 from activesyn_ray.student.trainer import TrainerWorker
@@ -31,14 +32,20 @@ class StudentPool:
     def __init__(self, *, cfg, task, score_batch_size: int = 16):
         self.cfg, self.task = cfg, task
         res = cfg.resources
+        # colocate_scorers: trainer rank i and scorer i share bundle i (and its GPU). Separate
+        # fractional-GPU groups would let Ray pack two trainer ranks onto ONE GPU (NCCL refuses).
+        self.shared_pg = placement.reserve_shared(
+            "student", [res.trainer, res.scorers], strategy=res.trainer.placement_strategy,
+            timeout_s=res.placement_timeout_s) if res.colocate_scorers else None
         self.trainers = ActorGroup(TrainerWorker, name="trainer", resources=res.trainer,
-                                   init_kwargs=dict(cfg=cfg),
+                                   init_kwargs=dict(cfg=cfg), placement_group=self.shared_pg,
                                    placement_timeout_s=res.placement_timeout_s)
         # OpenRLHF-style rendezvous: rank 0 names the address, every rank joins the process group.
         addr, port = ray.get(self.trainers.actors[0].get_master_addr_port.remote())
         ray.get(self.trainers.call("init_distributed", master_addr=addr, master_port=port))
         self.scorers = ActorGroup(ScorerWorker, name="scorers", resources=res.scorers,
                                   init_kwargs=dict(cfg=cfg, batch_size=score_batch_size),
+                                  placement_group=self.shared_pg,
                                   placement_timeout_s=res.placement_timeout_s)
         self.adapter_ref: ray.ObjectRef | None = None
         self.adapter_bytes = 0
@@ -83,8 +90,24 @@ class StudentPool:
         return ray.get(self.trainers.call("train_loss", data))[0]
 
     def save_adapter(self, path: str) -> str:
-        """PEFT folder loadable with `PeftModel.from_pretrained(base, path)`."""
-        return self._on_all_ranks_if_zero3("save_adapter", str(path))
+        """PEFT folder loadable with `PeftModel.from_pretrained(base, path)`, written HERE (the
+        caller's node: the coordinator's, where the run directory lives), atomically: the files come
+        from rank 0 as bytes, go to a temp folder, and the folder is renamed into place."""
+        import os
+        import shutil
+        from pathlib import Path
+
+        files = self._on_all_ranks_if_zero3("adapter_files")
+        dest = Path(path)
+        tmp = dest.with_name(f".{dest.name}.tmp{os.getpid()}")
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        for name, data in files.items():
+            (tmp / name).write_bytes(data)
+        if dest.exists():
+            shutil.rmtree(dest)
+        os.replace(tmp, dest)
+        return str(dest)
 
     # ------------------------------------------------------------------ scoring / evaluation
     def score(self, seeds: list[Example], needs: set[str]) -> dict[str, np.ndarray | list]:
@@ -128,3 +151,5 @@ class StudentPool:
         for group in (getattr(self, "scorers", None), getattr(self, "trainers", None)):
             if group is not None:
                 group.shutdown()
+        placement.release(getattr(self, "shared_pg", None))
+        self.shared_pg = None

@@ -244,3 +244,15 @@ class TrainerWorker:
                 if self.scfg.lora is None:
                     self.tokenizer.save_pretrained(path)
         return path
+
+    def adapter_files(self) -> dict[str, bytes] | None:
+        """The saved adapter folder as {file name: bytes} (rank 0; None elsewhere), so the caller
+        can write it into a run directory on ANOTHER node: trainer nodes need no shared storage."""
+        import tempfile
+        from pathlib import Path
+
+        with tempfile.TemporaryDirectory(prefix="adapter-") as tmp:
+            self.save_adapter(tmp)
+            if self.rank != 0:
+                return None
+            return {p.name: p.read_bytes() for p in Path(tmp).iterdir() if p.is_file()}
