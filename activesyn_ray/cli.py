@@ -89,6 +89,37 @@ def experiment(grid: Path = typer.Argument(..., help="Experiment YAML with a `gr
         _fail(str(err))
 
 
+@app.command()
+def bench(out: Path = typer.Option(Path("bench.json"), help="JSON with every measurement."),
+          teacher_model: str = typer.Option("smollm2-135m", help="Teacher model for vLLM vs HF."),
+          student_model: str = typer.Option("smollm2-135m", help="Student for trainer/scoring/sync."),
+          prompts: int = typer.Option(16), max_new_tokens: int = typer.Option(64),
+          train_examples: int = typer.Option(16), score_examples: int = typer.Option(16),
+          loop_model: str = typer.Option("tiny:h=64,l=2", help="Student of the loop-overhead run."),
+          loop_budget: int = typer.Option(48), loop_k: int = typer.Option(16),
+          num_gpus: float = typer.Option(0, help="GPUs per student actor (0 on CPU)."),
+          parts: str = typer.Option("teacher,student,loop", help="Comma list of parts to run.")):
+    """Throughput side by side: vLLM vs HF, replicas, scorer shards, trainer ranks, sync bytes,
+    orchestration overhead. Prints a table and writes JSON."""
+    from rich.table import Table
+
+    from activesyn_ray.bench import run_bench
+
+    res = run_bench(out=out, teacher_model=teacher_model, student_model=student_model, prompts=prompts,
+                    max_new_tokens=max_new_tokens, train_examples=train_examples,
+                    score_examples=score_examples, loop_model=loop_model, loop_budget=loop_budget,
+                    loop_k=loop_k, num_gpus=num_gpus, parts=parts.split(","),
+                    log=lambda m: console.print(f"[dim]{m}[/]"))
+    table = Table(title=f"activesyn bench ({res['cpu_count']} CPUs, load {res['loadavg_1m_start']} -> "
+                        f"{res['loadavg_1m_end']})")
+    for col in ("figure", "value", "compared with / on"):
+        table.add_column(col)
+    for row in res["summary"]:
+        table.add_row(*row)
+    Console().print(table)
+    console.print(f"wrote {out}")
+
+
 def main() -> None:  # python -m activesyn_ray.cli
     app()
 

@@ -125,6 +125,11 @@ class TeacherConfig(_Group):
     """Path to a template replacing the packaged 'write a new question' prompt."""
     judge_prompt: str | None = None
     """Path to a template replacing the packaged 'grade this answer 1-10' prompt."""
+    judge_engine: Literal["procedural", "hf", "vllm", "openai"] | None = None
+    """Engine that grades student answers for strategy=llm-judge; null = `engine`. Set it to an LLM
+    engine when samples come from the procedural teacher (which would grade by exact checking)."""
+    judge_model: str | None = None
+    """Model of judge_engine (null = `model`). Judge tokens are charged to the same ledger."""
     vllm: VllmConfig = Field(default_factory=VllmConfig)
     openai: OpenAIConfig = Field(default_factory=OpenAIConfig)
     serve: ServeConfig = Field(default_factory=ServeConfig)
@@ -265,8 +270,8 @@ class RunConfig(_Group):
         return self
 
     def fingerprint(self) -> str:
-        """Short hash of the config, stored in the run directory so resume can refuse a changed one."""
-        return hashlib.sha256(self.model_dump_json().encode()).hexdigest()[:12]
+        """Short hash of the config snapshot as written to a run directory (see snapshot_fingerprint)."""
+        return snapshot_fingerprint(dump_config(self))
 
 
 # ------------------------------------------------------------------------------------------ loading
@@ -367,6 +372,12 @@ def reference_markdown() -> str:
 
     walk(RunConfig, "")
     return "\n".join(out)
+
+
+def snapshot_fingerprint(text: str) -> str:
+    """Hash of a run's config.yaml text: resume refuses a snapshot edited after the start, while a
+    newer version of this schema (new fields with defaults) still resumes old runs."""
+    return hashlib.sha256(text.encode()).hexdigest()[:12]
 
 
 def dump_config(cfg: RunConfig) -> str:

@@ -27,7 +27,7 @@ from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from activesyn_ray import runstore
 from activesyn_ray.budget import Ledger
-from activesyn_ray.config import load_config
+from activesyn_ray.config import load_config, snapshot_fingerprint
 from activesyn_ray.run_setup import load_splits
 from activesyn_ray.runstore import RunStore
 from activesyn_ray.selection import SeedScores, build_strategy
@@ -45,7 +45,8 @@ class Coordinator:
         self.store = RunStore(run_dir)
         self.cfg = load_config(self.store.path(runstore.CONFIG))
         state = self.store.load_state()
-        if state.get("config_fingerprint") != self.cfg.fingerprint():
+        snapshot = self.store.path(runstore.CONFIG).read_text()
+        if state.get("config_fingerprint") != snapshot_fingerprint(snapshot):
             raise RuntimeError(f"{run_dir}: config.yaml was changed after the run started; "
                                f"start a new run instead of resuming this one")
         self.task = build_task(self.cfg.task, seed=self.cfg.seed)
@@ -53,6 +54,8 @@ class Coordinator:
         self.strategy = build_strategy(self.cfg.selection)
         self.student = None
         self.teacher = None
+        self._phase_s: dict[str, float] = {}
+        self._iter_t0: float | None = None  # start of an iteration this process ran from its start
 
     # ------------------------------------------------------------------------------ state & logs
     def _recover(self) -> dict:
@@ -131,7 +134,7 @@ class Coordinator:
         if self.strategy.needs:
             t0 = time.perf_counter()
             scores = self._score(self.seeds, iteration)
-            state.setdefault("timings", {})[f"score-{iteration}"] = time.perf_counter() - t0
+            self._phase_s["score"] = time.perf_counter() - t0
             rows = [{"iteration": iteration, "seed_id": e.id,
                      **{c: float(scores.columns[c][i]) for c in SCALAR_SCORES if c in scores.columns}}
                     for i, e in enumerate(self.seeds)]
@@ -170,6 +173,7 @@ class Coordinator:
         done_ids = {r["request_id"] for r in self.store.read(runstore.SYNTHETIC)}
         todo = [(j, s) for j, s in enumerate(seeds) if f"gen-{iteration}-{s.id}" not in done_ids]
         chunk = max(8, self.cfg.teacher.micro_batch_size * self.cfg.teacher.replicas)
+        t0 = time.perf_counter()
         for start in range(0, len(todo), chunk):
             part = todo[start:start + chunk]
             records = self.teacher.generate([s for _, s in part], iteration=iteration)
@@ -181,6 +185,7 @@ class Coordinator:
             pbar.update(len(rows))
             if len(records) < len(part):  # the budget stopped the dispatcher
                 break
+        self._phase_s["generate"] = time.perf_counter() - t0
         return self._save(state, phase="generated")
 
     def _score_synthetic(self, state: dict, iteration: int) -> None:
@@ -192,6 +197,7 @@ class Coordinator:
                 if r["iteration"] == iteration and r["parsed"] and "sample_score" not in r]
         if not recs:
             return
+        t0 = time.perf_counter()
         primary = self._primary(self._score([Example.from_dict(r["example"]) for r in recs],
                                             iteration))
         if primary is None:
@@ -200,6 +206,7 @@ class Coordinator:
                  "sample_score": float(s), "kind": "synthetic"} for r, s in zip(recs, primary)]
         self.store.append(runstore.SCORES, rows)
         state["n_scores"] += len(rows)
+        self._phase_s["score_synthetic"] = time.perf_counter() - t0
 
     def _train_eval(self, state: dict, iteration: int, limit: int | None) -> dict:
         data = self._training_set(limit)
@@ -209,6 +216,8 @@ class Coordinator:
         ev = self.student.evaluate(self.test)
         t2 = time.perf_counter()
         self.student.save_adapter(str(self.store.checkpoints / f"round-{iteration}"))
+        self._phase_s.update(train=t1 - t0, eval=t2 - t1)
+        wall = time.perf_counter() - self._iter_t0 if self._iter_t0 is not None else None
         spent = limit if limit is not None else self.ledger.samples
         row = {"iteration": iteration, "strategy": self.cfg.selection.strategy,
                "seed": self.cfg.seed, "samples": spent, "train_size": len(data),
@@ -216,7 +225,12 @@ class Coordinator:
                "failed_parses": self.ledger.failed_parses, "accuracy": ev["accuracy"],
                "n_test": ev["n"], "train_loss_first": train.get("loss_first_epoch"),
                "train_loss_last": train.get("loss_last_epoch"),
-               "train_s": round(t1 - t0, 3), "eval_s": round(t2 - t1, 3)}
+               "train_s": round(t1 - t0, 3), "eval_s": round(t2 - t1, 3),
+               # per-phase seconds and the iteration's wall time (None for a resumed iteration):
+               # 1 - sum(phases)/wall is the orchestration overhead `activesyn bench` reports
+               "phase_s": {k: round(v, 3) for k, v in self._phase_s.items()},
+               "wall_s": None if wall is None else round(wall, 3)}
+        self._phase_s, self._iter_t0 = {}, time.perf_counter()
         if not self.strategy.iterative:  # static: tokens spent by the prefix
             recs = self.store.read(runstore.SYNTHETIC)[:limit]
             row["teacher_tokens"] = sum(r["prompt_tokens"] + r["completion_tokens"] for r in recs)
@@ -256,6 +270,7 @@ class Coordinator:
                 if self.ledger.exhausted() or (self.cfg.iterations and it >= self.cfg.iterations):
                     return state
                 it += 1
+                self._phase_s, self._iter_t0 = {}, time.perf_counter()
                 state = self._save(state, iteration=it, phase="selecting")
             if state["phase"] == "selecting":
                 state = self._select(state, it)

@@ -109,8 +109,8 @@ def test_every_strategy_scores_selects_generates(strategy, tmp_path, ray_local):
                     "output.plots=false"]
     if strategy == "reward":
         sets.append("selection.reward_model=tiny-reward")  # a real sequence-classification model
-    if strategy == "llm-judge":  # a real LLM judge (hf engine, tiny model) grades student answers
-        sets += ["teacher.engine=hf", "teacher.model=tiny", "teacher.max_new_tokens=32"]
+    if strategy == "llm-judge":  # a real LLM (hf engine, tiny model) grades; samples stay procedural
+        sets += ["teacher.judge_engine=hf", "teacher.judge_model=tiny:ctx=2048"]
     cfg = load_config(QUICK, sets)
     store = new_run(cfg, tmp_path / strategy)
     summary = run_loop(store)

@@ -69,3 +69,17 @@ def test_ledger_charges_each_request_once_and_caps():
     led.charge("j1", prompt_tokens=30, completion_tokens=2, judge=True)
     assert led.judge_tokens == 32 and led.samples == 1
     assert Ledger.from_dict(led.to_dict()).to_dict() == led.to_dict()
+
+
+def test_resume_refuses_an_edited_config(tmp_path):
+    from activesyn_ray.config import load_config
+    from activesyn_ray.coordinator import Coordinator
+    from activesyn_ray.run_setup import new_run
+
+    cfg = load_config(None, ["task.seed_size=8", "task.test_size=4"])
+    store = new_run(cfg, tmp_path / "run")
+    Coordinator(run_dir=str(store.root))  # unchanged snapshot: accepted
+    cfg_path = store.path(runstore.CONFIG)
+    cfg_path.write_text(cfg_path.read_text().replace("samples: 64", "samples: 640"))
+    with pytest.raises(RuntimeError, match="config.yaml was changed"):
+        Coordinator(run_dir=str(store.root))

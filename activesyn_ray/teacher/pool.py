@@ -60,6 +60,16 @@ class PromptCounter:
         return len(prompt_ids(self.tok, prompt))
 
 
+def judge_config(cfg):
+    """The run config as the judge sees it: teacher.engine/model replaced by judge_engine/model."""
+    t = cfg.teacher
+    if t.judge_engine is None and t.judge_model is None:
+        return cfg
+    teacher = t.model_copy(update={"engine": t.judge_engine or t.engine,
+                                   "model": t.judge_model or t.model})
+    return cfg.model_copy(update={"teacher": teacher})
+
+
 class TeacherPool:
     def __init__(self, *, cfg, task, ledger):
         init_ray(cfg.resources)
@@ -71,15 +81,30 @@ class TeacherPool:
         self.model = {"openai": t.openai.model,
                       "procedural": f"reasoning-gym generator (stand-in teacher; tokens counted "
                                     f"with the {t.model} tokenizer)"}.get(t.engine, t.model)
-        if t.serve.enabled:
-            from activesyn_ray.teacher.serve import ServeDispatcher
-            self.backend = ServeDispatcher(cfg=cfg, task=task)
-        else:
-            from activesyn_ray.teacher.dispatch import ActorDispatcher
-            self.backend = ActorDispatcher(cfg=cfg, task=task, rng_seed=cfg.seed)
+        self.backend = self._make_backend(cfg)
+        # A separate judge (teacher.judge_engine) starts on the first judge call only: strategies
+        # that never judge never pay for a second engine.
+        self.judge_cfg = judge_config(cfg)
+        self._judge_backend = None
+        self.judge_counter = self.counter if self.judge_cfg is cfg else PromptCounter(self.judge_cfg)
         self._stats = {"issued": 0, "not_affordable": 0, "too_long": 0, "duplicates": 0,
                        "failed_parses": 0, "judge_failed_parses": 0}
         self._grades: dict[str, float] = {}
+
+    def _make_backend(self, cfg):
+        if cfg.teacher.serve.enabled:
+            from activesyn_ray.teacher.serve import ServeDispatcher
+            return ServeDispatcher(cfg=cfg, task=self.task)
+        from activesyn_ray.teacher.dispatch import ActorDispatcher
+        return ActorDispatcher(cfg=cfg, task=self.task, rng_seed=cfg.seed)
+
+    @property
+    def judge_backend(self):
+        if self.judge_cfg is self.cfg:
+            return self.backend
+        if self._judge_backend is None:
+            self._judge_backend = self._make_backend(self.judge_cfg)
+        return self._judge_backend
 
     @property
     def stats(self) -> dict:
@@ -88,8 +113,9 @@ class TeacherPool:
     # ---------------------------------------------------------------------------------- requests
     def _request(self, rid: str, kind: str, prompt: str, *, example: Example, max_new: int,
                  temperature: float, student_answer: str | None = None) -> TeacherRequest | None:
-        est = self.counter.prompt_tokens(prompt)
-        ctx = self.counter.context_len
+        counter = self.judge_counter if kind == "judge" else self.counter
+        est = counter.prompt_tokens(prompt)
+        ctx = counter.context_len
         if ctx is not None:
             max_new = min(max_new, ctx - est)
             if max_new <= 0:
@@ -209,8 +235,10 @@ class TeacherPool:
                                parsed=grade is not None)
 
         if reqs:
-            self.backend.run(reqs, on_result=charge)
+            self.judge_backend.run(reqs, on_result=charge)
         return [self._grades.get(f"judge-{iteration}-{ex.id}", math.nan) for ex, _ in items]
 
     def shutdown(self) -> None:
         self.backend.shutdown()
+        if self._judge_backend is not None:
+            self._judge_backend.shutdown()
