@@ -52,3 +52,29 @@ def test_procedural_teacher_needs_generator():
 def test_config_reference_is_current():
     # docs/config.md is generated from the schema; regenerate with `python -m activesyn_ray.config`.
     assert (ROOT / "docs" / "config.md").read_text().strip() == reference_markdown().strip()
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "jobs").glob("*.yaml")), ids=lambda p: p.name)
+def test_every_job_file_validates(path):
+    import yaml
+
+    from activesyn_ray.experiment import load_experiment
+
+    data = yaml.safe_load(path.read_text())
+    if data.get("kind") == "RayJob":
+        return  # a Kubernetes manifest (checked in test_cluster.py)
+    if "grid" in data:
+        _, runs = load_experiment(path)  # validates every run config of the grid
+        assert runs
+    else:
+        load_config(path)
+
+
+def test_grid_errors_name_the_run_field(tmp_path):
+    from activesyn_ray.experiment import load_experiment
+
+    (tmp_path / "base.yaml").write_text("name: b\n")
+    grid = tmp_path / "g.yaml"
+    grid.write_text("name: g\nbase: base.yaml\noverrides: {budget.samples: 0}\n")
+    with pytest.raises(ConfigError, match="budget.samples: must be > 0"):
+        load_experiment(grid)
