@@ -55,29 +55,41 @@ class GymTask(Task):
                 except Exception as err:  # reasoning-gym raises TypeError/AssertionError on bad knobs
                     raise ValueError(f"task.levels[{i}]: not a valid config for {n}: {err}") from None
 
-    def _draw(self, n_total: int, seed: int, tag: str) -> list[Example]:
+    def _draw(self, n_total: int, seed: int, tag: str, exclude: set[str] = frozenset()) -> list[Example]:
+        """~n_total distinct examples, evenly over (dataset, level) groups, none in `exclude`.
+        Small generators (1-digit sums have ~100 distinct problems) repeat themselves, so each group
+        draws extra and keeps its first distinct questions."""
         groups = [(d, i, lv) for d in self.datasets for i, lv in enumerate(self.levels)]
         per = -(-n_total // len(groups))  # ceil
         out: list[list[Example]] = []
+        seen = set(exclude)
         for g, (dataset, level, lv) in enumerate(groups):
-            ds = reasoning_gym.create_dataset(dataset, size=per, seed=seed + 7919 * g, **lv)
-            out.append([_to_example(ds[j], dataset=dataset, level=level, level_cfg=lv,
-                                    uid=f"{tag}-{dataset}-L{level}-{j}") for j in range(per)])
+            size = per + 16
+            while True:  # grow the draw only while the generator still yields new questions
+                ds = reasoning_gym.create_dataset(dataset, size=size, seed=seed + 7919 * g, **lv)
+                group_seen, keep = set(seen), []
+                for j in range(len(ds)):
+                    if len(keep) == per:
+                        break
+                    if ds[j]["question"] in group_seen:
+                        continue
+                    group_seen.add(ds[j]["question"])
+                    keep.append(_to_example(ds[j], dataset=dataset, level=level, level_cfg=lv,
+                                            uid=f"{tag}-{dataset}-L{level}-{j}"))
+                if len(keep) == per or size >= 64 * per:
+                    break
+                size *= 4
+            seen |= {e.question for e in keep}
+            out.append(keep)
         # interleave groups so any prefix is balanced across datasets and levels
-        mixed = [ex for row in zip(*out) for ex in row]
-        seen, uniq = set(), []
-        for ex in mixed:
-            if ex.question not in seen:
-                seen.add(ex.question)
-                uniq.append(ex)
-        return uniq
+        longest = max(map(len, out))
+        return [row[j] for j in range(longest) for row in out if j < len(row)]
 
     def splits(self) -> tuple[list[Example], list[Example]]:
         c = self.cfg
-        slack = 1.3  # small generators repeat questions; draw extra so dedup still fills the splits
-        pool = self._draw(int(c.seed_size * slack) + 8, self.seed, "seed")
-        test = self._draw(int(c.test_size * slack) + 8 + c.seed_size // 4,
-                          self.seed + _TEST_SEED_OFFSET, "test")
+        pool = self._draw(c.seed_size, self.seed, "seed")[: c.seed_size]
+        test = self._draw(c.test_size, self.seed + _TEST_SEED_OFFSET, "test",
+                          exclude={e.question for e in pool})
         return split_disjoint(pool, test, c.seed_size, c.test_size, f"task {self.name}")
 
     def check(self, example: Example, predicted: str | None) -> bool:
