@@ -13,7 +13,6 @@ Definitions (also printed in report.md):
 
 from __future__ import annotations
 
-import json
 import math
 from collections import defaultdict
 from pathlib import Path

@@ -40,6 +40,22 @@ MAX_CALLS_PER_REPLICA = 2
 REPLICA_DEATH = (RayActorError, ActorUnavailableError)  # ActorDiedError is a RayActorError
 
 
+def retryable(batch: list[TeacherRequest], err: Exception, *, max_retries: int,
+              stats: dict) -> list[TeacherRequest]:
+    """Count one more failed attempt for each request of a failed call; return those that may be
+    retried (at most max_retries times), log and count the ones given up on."""
+    again = []
+    for req in batch:
+        req.attempts += 1
+        if req.attempts > max_retries:
+            stats["failed_requests"] += 1
+            log.error("teacher request %s failed %d times, dropped: %s", req.id, req.attempts, err)
+        else:
+            stats["retried_requests"] += 1
+            again.append(req)
+    return again
+
+
 def teacher_resources(cfg):
     """cfg.resources.teacher with one bundle per replica."""
     return cfg.resources.teacher.model_copy(update={"num_workers": cfg.teacher.replicas})
@@ -132,16 +148,7 @@ class ActorDispatcher:
             return [pending.popleft() for _ in range(min(size, len(pending)))]
 
         def give_back(batch: list[TeacherRequest], err: Exception, *, split: bool) -> None:
-            again = []
-            for req in batch:
-                req.attempts += 1
-                if req.attempts > self.max_retries:
-                    self.stats["failed_requests"] += 1
-                    log.error("teacher request %s failed %d times, dropped: %s", req.id,
-                              req.attempts, err)
-                else:
-                    self.stats["retried_requests"] += 1
-                    again.append(req)
+            again = retryable(batch, err, max_retries=self.max_retries, stats=self.stats)
             # retried work goes first; after an engine error, one request per call isolates the bad one
             parts = [[r] for r in again] if split else ([again] if again else [])
             queue.extendleft(reversed(parts))

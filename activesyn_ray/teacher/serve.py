@@ -15,6 +15,7 @@ import logging
 import zlib
 
 from activesyn_ray.teacher.engines import Completion, TeacherError, TeacherRequest
+from activesyn_ray.teacher.dispatch import retryable
 
 log = logging.getLogger(__name__)
 
@@ -83,16 +84,7 @@ class ServeDispatcher:
             try:
                 results = resp.result()
             except Exception as err:  # replica died / engine error: Serve already routes new calls around it
-                again = []
-                for req in batch:
-                    req.attempts += 1
-                    if req.attempts > self.max_retries:
-                        self.stats["failed_requests"] += 1
-                        log.error("teacher request %s failed %d times, dropped: %s", req.id,
-                                  req.attempts, err)
-                    else:
-                        self.stats["retried_requests"] += 1
-                        again.append(req)
+                again = retryable(batch, err, max_retries=self.max_retries, stats=self.stats)
                 # first retry keeps the micro-batch; later ones isolate a request that keeps failing
                 split = any(req.attempts > 1 for req in again)
                 parts = [[req] for req in again] if split else ([again] if again else [])
