@@ -16,7 +16,9 @@ from activesyn_ray.selection import STRATEGIES
 
 ROOT = Path(__file__).resolve().parents[1]
 QUICK = ROOT / "jobs" / "quickstart.yaml"
+# Small pools, one epoch, and the main path's LoRA student (the quickstart trains a tiny model fully).
 SMALL = ["task.seed_size=24", "task.test_size=12", "selection.k=6", "student.epochs=1",
+         "student.model=tiny", "student.lora={r: 8, alpha: 16}",
          "resources.scorers.num_workers=2", "resources.local_num_cpus=3"]
 
 pytestmark = pytest.mark.slow
