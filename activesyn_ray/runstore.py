@@ -37,10 +37,15 @@ METRICS = "metrics.jsonl"
 SCORES = "scores.jsonl"
 
 
+_UMASK = os.umask(0o022)
+os.umask(_UMASK)  # read once at import: os.umask can only be read by setting it
+
+
 def atomic_write_text(path: str | Path, text: str) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.fchmod(fd, 0o666 & ~_UMASK)  # mkstemp makes 0600 files; a run dir is read by other users too
     try:
         with os.fdopen(fd, "w") as f:
             f.write(text)

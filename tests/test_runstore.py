@@ -35,6 +35,12 @@ def test_killed_atomic_writer_never_leaves_torn_json(tmp_path):
     assert all(p.name.startswith(".state.json.") for p in leftovers)
 
 
+def test_atomic_files_get_normal_permissions(tmp_path):
+    path = tmp_path / "state.json"
+    runstore.atomic_write_json(path, {"a": 1})
+    assert path.stat().st_mode & 0o777 == 0o666 & ~runstore._UMASK
+
+
 def test_torn_jsonl_tail_is_dropped_and_repaired(tmp_path):
     path = tmp_path / "synthetic.jsonl"
     runstore.append_jsonl(path, [{"a": 1}, {"a": 2}])
