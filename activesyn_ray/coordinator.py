@@ -261,6 +261,10 @@ class Coordinator:
         self.student.save_adapter(str(self.store.checkpoints / "final"))
         self._save(state, done=True, phase="done")
         self._plot()
+        if self.cfg.output.plots:  # the same report `activesyn report RUN_DIR` writes, for this run
+            from activesyn_ray.report import write_report
+
+            write_report([self.store.root], self.store.root / "report")
         return self.summary()
 
     def _run_iterative(self, state: dict, pbar) -> dict:

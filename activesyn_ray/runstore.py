@@ -9,7 +9,8 @@
       metrics.jsonl        one row per evaluation (iteration, budget spent, accuracy, ...)
       scores.jsonl         per-iteration seed scores (for the seed-vs-synthetic rank correlation)
       checkpoints/         adapters (PEFT format), one folder per round + `final`
-      plots/               PNGs
+      plots/               PNGs (accuracy vs budget, rewritten after every evaluation)
+      report/              report.md/json + curves of this run (as `activesyn report` writes them)
 
 Two write disciplines keep a killed run resumable:
   * whole files are written to a temp file in the same folder, fsynced, then os.replace()d: a reader

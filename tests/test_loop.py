@@ -54,6 +54,7 @@ def test_run_writes_curve_plot_and_checkpoints(tmp_path):
     assert len({r["request_id"] for r in synth}) == 12
     assert store.load_state()["done"] and _ledger(run_dir)["samples"] == 12
     assert (run_dir / "plots" / "accuracy_vs_budget.png").stat().st_size > 1000
+    assert "| basic_arithmetic | loss | 1 |" in (run_dir / "report" / "report.md").read_text()
     assert (run_dir / "checkpoints" / "final" / "adapter_config.json").exists()
     # the loss strategy scored every seed in both iterations, and the new samples after generating
     scores = store.read(runstore.SCORES)
