@@ -36,6 +36,9 @@ def ray_head():
                                               "metrics-export-port", "runtime-env-agent-port")}
     env = dict(os.environ, RAY_AUTH_MODE="disabled", RAY_USAGE_STATS_ENABLED="0")
     env.pop("RAY_ADDRESS", None)
+    # As in an activated venv: the job's `python` must be this environment's (CI calls
+    # .venv/bin/python directly, without putting .venv/bin on PATH).
+    env["PATH"] = f"{BIN}{os.pathsep}{env.get('PATH', '')}"
     head = subprocess.Popen(
         [str(BIN / "ray"), "start", "--head", "--block", "--node-ip-address=127.0.0.1", f"--port={gcs}",
          "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}", "--include-dashboard=true",
