@@ -82,11 +82,10 @@ class Coordinator:
         self.store.save_state(state)
         return state
 
-    def _training_set(self, limit: int | None = None) -> list[Example]:
+    def _synthetic(self, limit: int | None = None) -> list[dict]:
+        """Synthetic records so far; with `limit`, the first `limit` (static: a prefix)."""
         recs = self.store.read(runstore.SYNTHETIC)
-        if limit is not None:  # static: a prefix of the one-shot set
-            recs = recs[:limit]
-        return [Example.from_dict(r["example"]) for r in recs if r["parsed"]]
+        return recs if limit is None else recs[:limit]
 
     # ---------------------------------------------------------------------------------- engines
     def _start_pools(self) -> None:
@@ -99,10 +98,7 @@ class Coordinator:
             self.teacher = TeacherPool(cfg=self.cfg, task=self.task, ledger=self.ledger)
 
     def _score(self, examples: list[Example], iteration: int) -> SeedScores:
-        needs = set(self.strategy.needs)
-        verifier = REWARD in needs and self.cfg.selection.reward_model == "verifier"
-        if verifier:  # rule-based reward: the task's exact checker on the student's own answer
-            needs = needs - {REWARD} | {CORRECT}
+        needs = set(self.strategy.needs)  # reward_model `verifier` is resolved by StudentPool.score
         student_needs = needs - {JUDGE}
         if JUDGE in needs:
             student_needs.add("answer_text")
@@ -110,8 +106,6 @@ class Coordinator:
         if JUDGE in needs:
             grades = self.teacher.judge(list(zip(examples, cols["answer_text"])), iteration=iteration)
             cols[JUDGE] = np.asarray(grades, dtype=float)
-        if verifier:
-            cols[REWARD] = np.asarray(cols[CORRECT], dtype=float)
         return SeedScores({k: np.asarray(v) for k, v in cols.items() if k != "answer_text"})
 
     def _primary(self, scores: SeedScores) -> np.ndarray | None:
@@ -209,7 +203,8 @@ class Coordinator:
         self._phase_s["score_synthetic"] = time.perf_counter() - t0
 
     def _train_eval(self, state: dict, iteration: int, limit: int | None) -> dict:
-        data = self._training_set(limit)
+        recs = self._synthetic(limit)
+        data = [Example.from_dict(r["example"]) for r in recs if r["parsed"]]
         t0 = time.perf_counter()
         train = self.student.train(data, round=iteration) if data else {}
         t1 = time.perf_counter()
@@ -232,7 +227,6 @@ class Coordinator:
                "wall_s": None if wall is None else round(wall, 3)}
         self._phase_s, self._iter_t0 = {}, time.perf_counter()
         if not self.strategy.iterative:  # static: tokens spent by the prefix
-            recs = self.store.read(runstore.SYNTHETIC)[:limit]
             row["teacher_tokens"] = sum(r["prompt_tokens"] + r["completion_tokens"] for r in recs)
         self.store.append(runstore.METRICS, [row])
         log.info("iteration %d: %d samples, %d teacher tokens, accuracy %.3f", iteration,
