@@ -1,13 +1,16 @@
 """`activesyn bench`: the machinery's throughput, every figure a ratio measured side by side in ONE run.
 
     teacher   generated tokens/s: vLLM pool with 1 and 2 replicas vs HF generate (same model, prompts)
-    scoring   examples/s with 1 and 2 scorer shards (and that both give the same scores)
+    scoring   scoring + evaluation examples/s: HF path with 1 and 2 shards, vLLM path (LoRA adapter on
+              the frozen base) vs HF on the same adapter and examples (and that they agree)
     trainer   samples/s with 1 and 2 DeepSpeed ranks
     sync      bytes per adapter broadcast vs a full-weight broadcast
     loop      share of iteration wall time outside generate/score/train/eval (orchestration overhead)
+    memory    peak RSS per actor kind: trainer rank, scorer (hf), scorer (vllm), teacher replica
 
 Each part runs as its own process (its own Ray), one after another, so they never compete for the
-cores. On a GPU machine the same command gives absolute numbers (`--num-gpus 1`).
+cores. On a GPU machine the same command gives absolute numbers (`--num-gpus 1`). Everything it runs
+ships in the package (activesyn_ray/benchmarks/), so it works from an install, not only a checkout.
 """
 
 from __future__ import annotations
@@ -23,21 +26,28 @@ from pathlib import Path
 from activesyn_ray import runstore
 from activesyn_ray.runstore import atomic_write_json
 
-REPO = Path(__file__).resolve().parents[1]
+LOOP_JOB = Path(__file__).resolve().parent / "benchmarks" / "loop.yaml"
 
 
-def _script(name: str) -> Path:
-    path = REPO / "benchmarks" / name
-    if not path.exists():
-        raise FileNotFoundError(f"{path} not found: `activesyn bench` runs from a source checkout")
-    return path
+def _module(name: str) -> list[str]:
+    return [sys.executable, "-m", f"activesyn_ray.benchmarks.{name}"]
+
+
+PROGRESS = ("trainer ", "scoring ", "vLLM", "sync:", "... ", "wrote ")
 
 
 def _run(cmd: list[str], log) -> None:
+    """Run one part, passing its progress lines to `log` as they come (a part can take minutes)."""
     log(" ".join(cmd))
-    proc = subprocess.run(cmd, text=True, capture_output=True, env=dict(os.environ, PYTHONUNBUFFERED="1"))
-    if proc.returncode != 0:
-        raise RuntimeError(f"benchmark failed: {' '.join(cmd)}\n{proc.stdout[-2000:]}\n{proc.stderr[-3000:]}")
+    proc = subprocess.Popen(cmd, text=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            env=dict(os.environ, PYTHONUNBUFFERED="1"))
+    tail: list[str] = []
+    for line in proc.stdout:
+        tail = (tail + [line])[-60:]
+        if line.startswith(PROGRESS):  # the parts' own lines, not library noise
+            log(line.rstrip().replace("[", "\\["))  # no rich markup
+    if proc.wait() != 0:
+        raise RuntimeError(f"benchmark failed: {' '.join(cmd)}\n{''.join(tail)[-4000:]}")
 
 
 def loop_overhead(*, model: str, budget: int, k: int, log) -> dict:
@@ -46,7 +56,7 @@ def loop_overhead(*, model: str, budget: int, k: int, log) -> dict:
         run_dir = Path(tmp) / "run"
         sets = [f"budget.samples={budget}", f"selection.k={k}", f"student.model={model}",
                 "output.plots=false"]
-        _run([sys.executable, "-m", "activesyn_ray.cli", "run", str(REPO / "jobs" / "quickstart.yaml"),
+        _run([sys.executable, "-m", "activesyn_ray.cli", "run", str(LOOP_JOB),
               "--run-dir", str(run_dir), *sum((["--set", s] for s in sets), [])], log)
         rows = [m for m in runstore.RunStore(run_dir).read(runstore.METRICS) if m.get("wall_s")]
     phases = sum(sum(m["phase_s"].values()) for m in rows)
@@ -68,22 +78,34 @@ def run_bench(*, out: Path, teacher_model: str, student_model: str, prompts: int
     with tempfile.TemporaryDirectory(prefix="bench-") as tmp:
         if "teacher" in parts:
             path = Path(tmp) / "teacher.json"
-            _run([sys.executable, str(_script("bench_teacher.py")), "--model", teacher_model,
+            _run([*_module("teacher"), "--model", teacher_model,
                   "--prompts", str(prompts), "--max-new-tokens", str(max_new_tokens), "--out", str(path)], log)
             results["teacher"] = json.loads(path.read_text())
         if "student" in parts:
             path = Path(tmp) / "student.json"
-            _run([sys.executable, str(_script("bench_student.py")), "--model", student_model,
+            _run([*_module("student"), "--model", student_model,
                   "--ranks", "2", "--train-examples", str(train_examples),
-                  "--score-examples", str(score_examples), "--num-gpus", str(num_gpus),
+                  "--score-examples", str(score_examples), "--eval-examples", str(score_examples),
+                  "--num-gpus", str(num_gpus),
                   "--out", str(path)], log)
             results["student"] = json.loads(path.read_text())
     if "loop" in parts:
         results["loop"] = loop_overhead(model=loop_model, budget=loop_budget, k=loop_k, log=log)
     results["loadavg_1m_end"] = round(os.getloadavg()[0], 2)
+    results["peak_rss_bytes"] = memory(results)
     results["summary"] = summarize(results)
     atomic_write_json(out, results)
     return results
+
+
+def memory(r: dict) -> dict[str, int]:
+    """Peak RSS per actor kind (the largest actor of each kind), for sizing num_cpus / memory."""
+    out = dict(r.get("student", {}).get("peak_rss_bytes", {}))
+    for row in r.get("teacher", {}).get("rows", []):
+        if "replica_peak_rss_bytes" in row:
+            key = f"teacher replica ({row['engine']})"
+            out[key] = max(out.get(key, 0), row["replica_peak_rss_bytes"])
+    return out
 
 
 def summarize(r: dict) -> list[tuple[str, str, str]]:
@@ -93,8 +115,8 @@ def summarize(r: dict) -> list[tuple[str, str, str]]:
         by = {(x["engine"], x["replicas"]): x["tokens_per_s"] for x in t["rows"]}
         for (engine, n), v in sorted(by.items()):
             rows.append((f"teacher {engine} x{n}", f"{v:.1f} tok/s", t["model"]))
-        rows.append(("vLLM / HF", f"x{t['ratios']['vllm_over_hf_1_replica']}", "1 replica each"))
-        rows.append(("vLLM 2 / 1 replicas", f"x{t['ratios']['vllm_2_over_1_replicas']}", "same prompts"))
+        rows.append(("teacher vLLM / HF", f"x{t['ratios']['vllm_over_hf_1_replica']}", "1 replica each"))
+        rows.append(("teacher vLLM 2 / 1 replicas", f"x{t['ratios']['vllm_2_over_1_replicas']}", "same prompts"))
     if s := r.get("student"):
         t1, t2 = s.get("train_1rank"), s.get("train_2rank")
         if t1:
@@ -102,16 +124,30 @@ def summarize(r: dict) -> list[tuple[str, str, str]]:
         if t1 and t2:
             rows.append(("trainer 2 / 1 ranks", f"x{t2['samples_per_s'] / t1['samples_per_s']:.2f}",
                          "same global batch"))
-        s1, s2 = s.get("score_S1"), s.get("score_S2")
+        s1, s2, v1 = s.get("score_hf_S1"), s.get("score_hf_S2"), s.get("score_vllm_S1")
         if s1:
-            rows.append(("scoring S=1", f"{s1['examples_per_s']:.2f} ex/s", s["model"]))
+            rows.append(("scoring hf S=1", f"{s1['examples_per_s']:.2f} ex/s", s["model"]))
         if s1 and s2:
-            rows.append(("scoring S=2 / S=1", f"x{s2['examples_per_s'] / s1['examples_per_s']:.2f}",
+            rows.append(("scoring hf S=2 / S=1", f"x{s2['examples_per_s'] / s1['examples_per_s']:.2f}",
                          f"same scores: {s.get('score_S2_equals_S1', {}).get('same_answers')}"))
+        if v1 and (vh := s.get("vllm_vs_hf")):
+            rows.append(("scoring vllm S=1", f"{v1['examples_per_s']:.2f} ex/s",
+                         f"{s['model']} + LoRA, needs {s['args']['needs']}"))
+            rows.append(("scoring vLLM / HF", f"x{vh['score_ratio']:.2f}",
+                         f"same adapter + examples; same answers: {vh['same_answers']}"))
+            rows.append(("evaluation vLLM / HF", f"x{vh['eval_ratio']:.2f}",
+                         f"{v1['eval_examples']} test questions; same completions: "
+                         f"{vh['same_completions']}; accuracy {v1['accuracy']:.3f} vs "
+                         f"{s1['accuracy']:.3f}"))
+            rows.append(("scoring + evaluation vLLM / HF", f"x{vh['score_and_eval_ratio']:.2f}",
+                         f"engine start {v1['start_seconds']:.0f} s vs {s1['start_seconds']:.0f} s "
+                         f"(once per run)"))
         if sync := s.get("sync"):
             rows.append(("adapter sync", f"{sync['adapter_bytes'] / 2**20:.2f} MiB",
                          f"full weights {sync['full_weight_bytes'] / 2**20:.1f} MiB "
                          f"(x{sync['full_weight_bytes'] / max(1, sync['adapter_bytes']):.0f})"))
+    for kind, nbytes in memory(r).items():
+        rows.append((f"peak RSS {kind}", f"{nbytes / 2**20:.0f} MiB", "one actor"))
     if lp := r.get("loop"):
         share = lp["overhead_share"]
         rows.append(("loop overhead", "—" if share is None else f"{100 * share:.1f}% of wall time",

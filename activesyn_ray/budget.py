@@ -3,11 +3,25 @@
 Generation and llm-judge scoring both spend teacher tokens and are charged here. Charges are keyed
 by request id, so a retried request (its replica died and the answer came back twice) or a resumed
 run cannot charge the same work twice.
+
+Persistence stays flat as a run grows: state.json holds only the counters and `n_charged`; the
+charged request ids live in an append-only journal in the run directory (`charged.jsonl`, one id
+a line), attached with `Ledger.from_dict(state["ledger"], journal=path)`. `to_dict()` (called right
+before each state save) appends only the ids charged since the previous save, with fsync, so the
+journal is durable before a state that counts it; on resume, journal lines beyond `n_charged`
+belong to a save that never completed and are dropped. Without a journal (tests, or a caller not
+yet passing one) the ids are written into the dict as before, and old state.json files with a
+`charged_ids` list still load (their ids move into the journal on first attach).
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+LEDGER_JOURNAL = "charged.jsonl"
 
 
 class BudgetExceeded(RuntimeError):
@@ -25,6 +39,9 @@ class Ledger:
     requests: int = 0
     failed_parses: int = 0
     charged_ids: set[str] = field(default_factory=set)
+    journal: Path | None = field(default=None, repr=False)
+    """Append-only file of charged ids (see module docstring); None: ids go into to_dict()."""
+    _unsaved: list[str] = field(default_factory=list, repr=False)
 
     @property
     def tokens(self) -> int:
@@ -36,6 +53,7 @@ class Ledger:
         if request_id in self.charged_ids:
             return False
         self.charged_ids.add(request_id)
+        self._unsaved.append(request_id)
         self.requests += 1
         self.prompt_tokens += prompt_tokens
         self.completion_tokens += completion_tokens
@@ -65,21 +83,67 @@ class Ledger:
             fit = min(fit, left // max(1, tokens_per_request))
         return max(0, fit)
 
-    # -- persistence (state.json)
+    # -- persistence (state.json + the journal)
+    COUNTERS = ("max_samples", "max_tokens", "samples", "prompt_tokens", "completion_tokens",
+                "judge_tokens", "requests", "failed_parses")
+
     def to_dict(self) -> dict:
-        d = asdict(self)
-        d["charged_ids"] = sorted(self.charged_ids)
+        """The state.json entry: counters only (O(1)) when a journal is attached; the ids charged
+        since the last call are appended to the journal first, durably."""
+        d = {k: getattr(self, k) for k in self.COUNTERS}
         d["tokens"] = self.tokens
+        if self.journal is None:
+            self._unsaved.clear()
+            d["charged_ids"] = sorted(self.charged_ids)
+            return d
+        if self._unsaved:
+            with open(self.journal, "a") as f:
+                f.write("".join(json.dumps(i) + "\n" for i in self._unsaved))
+                f.flush()
+                os.fsync(f.fileno())
+            self._unsaved.clear()
+        d["n_charged"] = len(self.charged_ids)
         return d
 
     @classmethod
-    def from_dict(cls, d: dict) -> "Ledger":
-        d = {k: v for k, v in d.items() if k != "tokens"}
-        d["charged_ids"] = set(d.get("charged_ids", []))
-        return cls(**d)
+    def from_dict(cls, d: dict, *, journal: str | Path | None = None) -> "Ledger":
+        """Rebuild from a state.json entry (and the journal, if given: exactly its first
+        `n_charged` ids, the ones the saved counters include)."""
+        led = cls(**{k: d[k] for k in cls.COUNTERS if k in d})
+        led.charged_ids = set(d.get("charged_ids", []))
+        if journal is None:
+            return led
+        led.journal = Path(journal)
+        ids = _read_journal(led.journal, d.get("n_charged", 0))
+        if "charged_ids" in d and not ids:  # an old state.json: move its ids into the journal
+            led._unsaved = sorted(led.charged_ids)
+            led.journal.write_text("")
+        else:
+            led.charged_ids = set(ids)
+        return led
 
     def summary(self) -> dict:
         return {"samples": self.samples, "teacher_tokens": self.tokens,
                 "prompt_tokens": self.prompt_tokens, "completion_tokens": self.completion_tokens,
                 "judge_tokens": self.judge_tokens, "requests": self.requests,
                 "failed_parses": self.failed_parses}
+
+
+def _read_journal(path: Path, keep: int) -> list[str]:
+    """The first `keep` ids of the journal; a longer file (a save that never completed, or a torn
+    last line) is cut back to them in place."""
+    if not path.exists():
+        if keep:
+            raise ValueError(f"{path}: missing, but state.json counts {keep} charged requests")
+        return []
+    with open(path, "rb") as f:
+        lines = f.readlines()
+    whole = [ln for ln in lines if ln.endswith(b"\n")]
+    if len(whole) < keep:
+        raise ValueError(f"{path}: {len(whole)} charged ids, but state.json counts {keep}")
+    if len(lines) != keep:
+        with open(path, "r+b") as f:
+            f.truncate(sum(len(ln) for ln in lines[:keep]))
+            f.flush()
+            os.fsync(f.fileno())
+    return [json.loads(ln) for ln in lines[:keep]]

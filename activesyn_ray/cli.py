@@ -1,11 +1,17 @@
-"""`activesyn`: run | resume | report | bench.
+"""`activesyn`: run | resume | status | report | export | track | experiment | bench.
 
     activesyn run jobs/quickstart.yaml                   # the whole loop, local Ray, CPU
     activesyn run jobs/quickstart.yaml --set budget.samples=64 --set selection.strategy=random
     activesyn run jobs/quickstart.yaml --dry-run         # validate + write the run dir and splits only
     activesyn resume runs/quickstart-20261123-101500     # continue a killed run
+    activesyn status runs/quickstart-20261123-101500     # iteration, budget, accuracy, ETA
     activesyn report runs/a runs/b --out report/         # curves, tables, win rates across runs
+    activesyn export RUN [--out DIR] [--merge]           # synthetic set -> datasets/Parquet (+ model)
+    activesyn track RUN                                  # metrics -> TensorBoard / W&B / MLflow
     activesyn experiment jobs/compare-cpu.yaml           # strategies x seeds x tasks, then a report
+    activesyn bench                                      # throughput of every part, side by side
+
+A RUN may be a local folder or a storage URI (output.root: s3://..., file://...).
 """
 
 from __future__ import annotations
@@ -21,6 +27,9 @@ from activesyn_ray.config import ConfigError, load_config
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__.split("\n\n")[0])
 console = Console(stderr=True, soft_wrap=True)
+VERBOSE_HELP = "Also show library output (Ray, transformers, DeepSpeed) on the console; it always " \
+               "goes to RUN/run.log."
+RUN_HELP = "A run directory, or its storage URI (s3://..., file://...)."
 
 
 def _fail(msg: str) -> None:
@@ -28,63 +37,140 @@ def _fail(msg: str) -> None:
     raise typer.Exit(2)
 
 
+def _run_dir(run: str) -> Path:
+    """A RUN argument as a local run directory (a URI is fetched into its local copy)."""
+    from activesyn_ray.storage import local_run
+
+    try:
+        path = local_run(run)
+    except (FileNotFoundError, OSError, ValueError) as err:
+        _fail(str(err))
+    if not (path / "state.json").exists():
+        _fail(f"{run}: no state.json; not a run directory")
+    return path
+
+
+def _drive(store_root: Path, verbose: bool) -> None:
+    """Run/resume the loop with quiet console, then push the run directory to its storage URI."""
+    from activesyn_ray.coordinator import run_loop
+    from activesyn_ray.runtime import route_logs
+    from activesyn_ray.storage import remote_of, sync_up
+
+    console.print(f"library output: {route_logs(store_root, verbose=verbose)}")
+    run_loop(store_root)
+    if not (store_root / "trackers.json").exists():
+        # the loop did not track live (a coordinator without the tracking hook): write them now
+        from activesyn_ray.tracking import replay
+
+        replay(store_root)
+    if uri := remote_of(store_root):
+        sync_up(store_root)  # the end of the run (report, plots) -- errors are raised here
+        console.print(f"synced to {uri}")
+
+
 @app.command()
 def run(config: Path = typer.Argument(..., help="Run config YAML (see jobs/)."),
         set_: Optional[list[str]] = typer.Option(None, "--set", help="Override: key.path=value."),
         dry_run: bool = typer.Option(False, "--dry-run", help="Validate and write the run dir only."),
-        run_dir: Optional[Path] = typer.Option(None, help="Exact run directory to create.")):
+        run_dir: Optional[str] = typer.Option(None, help="Exact run directory (or URI) to create."),
+        verbose: bool = typer.Option(False, "--verbose", "-v", help=VERBOSE_HELP)):
     """Start a run from CONFIG."""
     from activesyn_ray.run_setup import new_run
+    from activesyn_ray.storage import attach, plan_run_dir
     from activesyn_ray.tasks.files import BadRow
 
     try:
         cfg = load_config(config, set_ or [])
-        store = new_run(cfg, run_dir)
-    except (ConfigError, BadRow, FileNotFoundError, FileExistsError, ValueError) as err:
+        local, uri, note = plan_run_dir(cfg, run_dir)
+        if note:
+            console.print(note)
+        store = new_run(cfg, local)
+        if uri:
+            attach(store.root, uri)
+    except (ConfigError, BadRow, FileNotFoundError, FileExistsError, ValueError, OSError) as err:
         _fail(str(err))
     state = store.load_state()
     console.print(f"run directory: [bold]{store.root}[/] ({state['n_seeds']} seeds, "
                   f"{state['n_test']} test examples, task {state['task']})")
+    if uri:
+        console.print(f"storage: {uri} (synced after every step)")
     if dry_run:
         console.print("dry run: config and data are valid; nothing was trained or generated.")
         return
-    from activesyn_ray.coordinator import run_loop
-
-    run_loop(store)
+    _drive(store.root, verbose)
 
 
 @app.command()
-def resume(run_dir: Path = typer.Argument(..., help="A run directory made by `activesyn run`.")):
+def resume(run: str = typer.Argument(..., help=RUN_HELP),
+           verbose: bool = typer.Option(False, "--verbose", "-v", help=VERBOSE_HELP)):
     """Continue a killed run from its last completed step."""
-    from activesyn_ray.coordinator import run_loop
-
-    if not (run_dir / "state.json").exists():
-        _fail(f"{run_dir}: no state.json; not a run directory")
-    run_loop(run_dir)
+    _drive(_run_dir(run), verbose)
 
 
 @app.command()
-def report(run_dirs: list[Path] = typer.Argument(..., help="Run directories to compare."),
+def status(runs: list[str] = typer.Argument(..., help=RUN_HELP)):
+    """Iteration, budget spent of total, last accuracy, time per iteration and ETA of each RUN."""
+    from activesyn_ray.status import format_status, run_status
+
+    for run in runs:
+        Console().print(format_status(run_status(_run_dir(run))), highlight=False)
+
+
+@app.command()
+def report(runs: list[str] = typer.Argument(..., help="Run directories (or URIs) to compare."),
            out: Path = typer.Option(Path("report"), help="Folder for the PNGs, tables and JSON.")):
     """Accuracy-vs-budget curves, final table, efficiency ratios, win rates, seed/synthetic rank
     correlation."""
     from activesyn_ray.report import write_report
 
-    for d in run_dirs:
-        if not (d / "state.json").exists():
-            _fail(f"{d}: no state.json; not a run directory")
-    write_report(run_dirs, out)
+    write_report([_run_dir(r) for r in runs], out)
+
+
+@app.command()
+def export(run: str = typer.Argument(..., help=RUN_HELP),
+           out: Optional[Path] = typer.Option(None, help="Output folder (default: RUN/export)."),
+           merge: bool = typer.Option(False, "--merge", help="Also write RUN/checkpoints/final merged "
+                                      "into the base model as a full HF model folder (OUT/model).")):
+    """The synthetic set as a `datasets` dataset (OUT/dataset) and Parquet (OUT/synthetic.parquet)
+    with flat provenance columns; --merge: the final student as one model folder."""
+    from activesyn_ray.export import export_dataset, merge_model
+
+    run_dir = _run_dir(run)
+    out = out or run_dir / "export"
+    try:
+        res = export_dataset(run_dir, out)
+        console.print(f"{res['rows']} samples -> {res['dataset']} (datasets.load_from_disk) and "
+                      f"{res['parquet']}")
+        if merge:
+            console.print(f"merged model -> {merge_model(run_dir, out)} (from_pretrained)")
+    except (FileNotFoundError, ValueError) as err:
+        _fail(str(err))
+
+
+@app.command()
+def track(run: str = typer.Argument(..., help=RUN_HELP)):
+    """(Re)write a run's tracker logs (output.trackers: TensorBoard, W&B, MLflow) from its
+    metrics.jsonl, e.g. for a run made before tracking was on."""
+    from activesyn_ray.tracking import replay
+
+    run_dir = _run_dir(run)
+    try:
+        n = replay(run_dir)
+    except ValueError as err:
+        _fail(str(err))
+    console.print(f"logged {n} metrics rows; view with: tensorboard --logdir {run_dir}")
 
 
 @app.command()
 def experiment(grid: Path = typer.Argument(..., help="Experiment YAML with a `grid:` (see jobs/)."),
                set_: Optional[list[str]] = typer.Option(None, "--set", help="Override for every run."),
-               report_dir: Optional[Path] = typer.Option(None, help="Where the report goes.")):
+               report_dir: Optional[Path] = typer.Option(None, help="Where the report goes."),
+               verbose: bool = typer.Option(False, "--verbose", "-v", help=VERBOSE_HELP)):
     """Run a grid of tasks x strategies x seeds (skipping finished runs), then write the report."""
     from activesyn_ray.experiment import run_experiment
 
     try:
-        run_experiment(grid, set_ or [], report_dir=report_dir)
+        run_experiment(grid, set_ or [], report_dir=report_dir, verbose=verbose)
     except ConfigError as err:
         _fail(str(err))
 

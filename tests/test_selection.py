@@ -51,3 +51,15 @@ def test_kmeans_pp_spreads_over_clusters():
 
 def test_static_is_not_iterative():
     assert not STRATEGIES["static"].iterative and STRATEGIES["random"].iterative
+
+
+def test_sampling_survives_underflow_and_follows_softmax():
+    # priorities 1000 apart: exp() underflows to 0 for all but one seed; k=5 must still be drawn
+    sc = SeedScores({"loss": np.r_[1000.0, np.zeros(19)]})
+    s = build_strategy(SelectionConfig(strategy="loss"))
+    picked = s.select(sc, 5, rng=np.random.default_rng(0), mode="sample", temperature=1.0)
+    assert len(set(picked)) == 5 and picked[0] == 0
+    # the first draw follows softmax(priority / T): p(seed 0) = e^1 / (e^1 + 3) ~ 0.475
+    sc = SeedScores({"loss": np.array([1.0, 0.0, 0.0, 0.0])})
+    first = [s.select(sc, 1, rng=np.random.default_rng(t), mode="sample")[0] for t in range(4000)]
+    assert abs(np.mean(np.array(first) == 0) - np.e / (np.e + 3)) < 0.03

@@ -21,13 +21,14 @@ LEVEL = {"min_terms": 2, "max_terms": 2, "min_digits": 1, "max_digits": 1, "oper
 
 
 def make_cfg(*, ranks: int = 1, scorers: int = 2, micro: int = 8, reward_model: str | None = None,
-             **student):
+             inference: str = "hf", **student):
     return config_from_dict({
         "seed": 0,
         "task": {"kind": "gym", "name": "basic_arithmetic", "levels": [LEVEL], "seed_size": 32,
                  "test_size": 8},
         "student": {"model": "tiny", "epochs": 3, "lr": 3e-3, "micro_batch_size": micro,
-                    "zero_stage": 2, "max_seq_len": 64, "max_new_tokens": 8, **student},
+                    "zero_stage": 2, "max_seq_len": 64, "max_new_tokens": 8,
+                    "inference": inference, **student},
         "selection": {"strategy": "loss", "reward_model": reward_model},
         "resources": {"trainer": {"num_workers": ranks, "num_cpus": 1},
                       "scorers": {"num_workers": scorers, "num_cpus": 0.5}},
@@ -71,6 +72,59 @@ def test_per_example_loss_weighs_examples_equally():
     assert batch["attention_mask"].tolist() == [[1, 1, 1], [1, 0, 0]]
 
 
+def test_scoring_plan_runs_only_what_the_needs_imply():
+    from activesyn_ray.student.scoring import plan, resolve_inference
+
+    gt = plan({"loss_gt"}, inference="hf")  # one teacher-forced pass, no decoding
+    assert gt.decode is None and not gt.forced_own and gt.loss_gt == "hf" and gt.paths == {"hf"}
+    own = plan({"loss"}, inference="vllm")  # vLLM's own logprobs: no HF model at all
+    assert own.decode == "vllm" and own.loss_from_decode and not own.forced_own
+    assert own.paths == {"vllm"}
+    ent = plan({"loss", "entropy", "loss_gt"}, inference="vllm", vllm_loss_gt=False)
+    assert ent.forced_own and ent.loss_gt == "hf" and ent.paths == {"vllm", "hf"}
+    assert plan({"loss"}, inference="hf").forced_own  # hf: loss from the forced pass
+    assert not plan({"reward"}, inference="hf", reward_model="verifier").reward
+    assert plan({"reward"}, inference="hf", reward_model="tiny-reward").reward
+    assert plan(set(), inference="vllm").paths == set()
+    with pytest.raises(ValueError, match="unknown score need"):
+        plan({"los"}, inference="hf")
+    full = make_cfg(lora=None).student
+    assert resolve_inference(full) == "hf"  # full finetuning never runs on vLLM
+    assert resolve_inference(make_cfg(inference="vllm").student) == "vllm"
+
+
+def test_pushed_adapter_state_written_as_a_peft_folder(tmp_path):
+    """What the vLLM scorer writes for each round (student/vllm_scorer.py) is a real PEFT adapter."""
+    from peft import PeftModel, get_peft_model, get_peft_model_state_dict
+    from transformers import AutoModelForCausalLM
+
+    from activesyn_ray.models import resolve_model
+    from activesyn_ray.student.trainer import peft_lora_config
+    from activesyn_ray.student.vllm_scorer import write_peft_adapter
+
+    lora = make_cfg().student.lora
+    base_dir = resolve_model("tiny")
+    torch.manual_seed(0)
+    model = get_peft_model(AutoModelForCausalLM.from_pretrained(base_dir), peft_lora_config(lora))
+    for name, p in model.named_parameters():
+        if "lora_B" in name:
+            torch.nn.init.normal_(p, std=0.5)  # B = 0 at init would make any loader look right
+    state = get_peft_model_state_dict(model)
+    folder = write_peft_adapter(state, tmp_path / "adapter-1", lora=lora, base=str(base_dir))
+    assert sorted(p.name for p in folder.iterdir()) == ["adapter_config.json",
+                                                        "adapter_model.safetensors"]
+    loaded = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base_dir), folder)
+    ids = torch.tensor([[1, 5, 9, 12, 7]])
+    with torch.no_grad():
+        want, got = model(input_ids=ids).logits, loaded(input_ids=ids).logits
+        with loaded.disable_adapter():
+            plain = loaded(input_ids=ids).logits
+    torch.testing.assert_close(got, want)
+    assert (got - plain).abs().max() > 1e-3
+    with pytest.raises(ValueError, match="no LoRA weights"):
+        write_peft_adapter({"w": torch.zeros(1)}, tmp_path / "bad", lora=lora, base=str(base_dir))
+
+
 def test_rank_slices_form_the_one_rank_batches():
     one = epoch_slices(20, rank=0, world_size=1, micro=8, seed=0, round=1, epoch=2)
     two = [epoch_slices(20, rank=r, world_size=2, micro=4, seed=0, round=1, epoch=2) for r in (0, 1)]
@@ -103,11 +157,11 @@ def trained(ray_session, task_data):
     cfg = make_cfg(reward_model="tiny-reward")
     pool = StudentPool(cfg=cfg, task=task)
     out = {"pool": pool, "cfg": cfg}
-    out["base_scores"] = pool.score(seeds, {"loss"})
+    out["base_scores"] = pool.score(seeds, {"loss", "loss_gt"})
     out["loss_before"] = pool.train_loss(seeds)
     out["metrics"] = pool.train(seeds, round=0)
     out["loss_after"] = pool.train_loss(seeds)
-    out["scores"] = pool.score(seeds, {"loss"})
+    out["scores"] = pool.score(seeds, {"loss", "loss_gt"})
     yield out
     pool.shutdown()
 
@@ -153,7 +207,7 @@ def test_sharded_scoring_equals_unsharded(trained, task_data):
     try:
         ray.get(single.call("load_adapter", pool.adapter_ref))
         items = [{"question": e.question, "answer": task.target(e)} for e in seeds[:20]]
-        needs = ["loss", "grad_embed", "reward"]
+        needs = ["loss", "loss_gt", "entropy", "grad_embed", "reward"]
         one = single.gather_sharded("score", items, needs=needs)
         two = pool.scorers.gather_sharded("score", items, needs=needs)  # S=2: 10 + 10
         assert [r["answer_text"] for r in one] == [r["answer_text"] for r in two]
@@ -204,7 +258,7 @@ def test_saved_adapter_loads_with_peft_and_reproduces_scorer(trained, task_data,
         loaded = per_example_nll(model(**batch).logits, labels).numpy()
         with model.disable_adapter():
             base = per_example_nll(model(**batch).logits, labels).numpy()
-    scorer = pool.score(seeds[:12], {"loss"})["loss_gt"]
+    scorer = pool.score(seeds[:12], {"loss_gt"})["loss_gt"]
     np.testing.assert_allclose(loaded, scorer, rtol=1e-5, atol=1e-5)
     assert np.abs(loaded - base).max() > 1e-2  # the adapter really changes the model
 
@@ -271,10 +325,11 @@ def test_full_finetune_without_lora(ray_session, task_data):
         assert after < before - 0.2
         items = [{"question": d["question"], "answer": d["target"]} for d in data]
         ray.get(scorer.actors[0].load_adapter.remote(ray.get(t.adapter_state.remote())))
-        got = np.mean([r["loss_gt"] for r in ray.get(scorer.actors[0].score.remote(items))])
+        score = scorer.actors[0].score
+        got = np.mean([r["loss_gt"] for r in ray.get(score.remote(items, needs=["loss_gt"]))])
         assert got == pytest.approx(after, abs=1e-4)
         ray.get(scorer.actors[0].load_adapter.remote(None))  # back to the base weights
-        got = np.mean([r["loss_gt"] for r in ray.get(scorer.actors[0].score.remote(items))])
+        got = np.mean([r["loss_gt"] for r in ray.get(score.remote(items, needs=["loss_gt"]))])
         assert got == pytest.approx(before, abs=1e-4)
     finally:
         trainer.shutdown()

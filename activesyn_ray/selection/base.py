@@ -2,7 +2,8 @@
 
 A strategy declares which scores it `needs` (the coordinator asks the scorers / teacher for exactly
 those) and turns them into a `priority` (higher = expand first). `select` then takes the top k, or
-samples k without replacement with probability ~ softmax(priority / temperature) (`mode: sample`).
+samples k without replacement with probability ~ softmax(priority / temperature) (`mode: sample`,
+by the Gumbel-top-k trick).
 """
 
 from __future__ import annotations
@@ -50,10 +51,11 @@ class Strategy:
         k = min(k, n)
         pri = np.asarray(self.priority(scores), dtype=np.float64)
         if mode == "sample":
-            z = (pri - pri.max()) / temperature
-            p = np.exp(z)
-            p /= p.sum()
-            return [int(i) for i in rng.choice(n, size=k, replace=False, p=p)]
+            # Gumbel-top-k: the k largest of priority/T + Gumbel noise are a draw of k without
+            # replacement with probability ~ softmax(priority/T), computed in log space, so it
+            # never underflows (rng.choice(p=...) raises once fewer than k probabilities are > 0).
+            keys = pri / temperature + rng.gumbel(size=n)
+            return [int(i) for i in np.argsort(-keys, kind="stable")[:k]]
         # stable top-k; ties broken randomly so equal scores don't always favour low indices
         tie = rng.random(n) * 1e-9
         return [int(i) for i in np.argsort(-(pri + tie), kind="stable")[:k]]

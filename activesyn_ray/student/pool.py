@@ -19,7 +19,7 @@ import ray
 
 from activesyn_ray import placement
 from activesyn_ray.actors import ActorGroup
-from activesyn_ray.student.scoring import ScorerWorker
+from activesyn_ray.student.scoring import DECODED, ScorerWorker
 from activesyn_ray.student.trainer import TrainerWorker
 from activesyn_ray.tasks.base import Example
 
@@ -111,26 +111,28 @@ class StudentPool:
 
     # ------------------------------------------------------------------ scoring / evaluation
     def score(self, seeds: list[Example], needs: set[str]) -> dict[str, np.ndarray | list]:
-        """Score columns over `seeds`, in order, sharded over the scorer actors."""
+        """The columns `needs` asks for over `seeds`, in order, sharded over the scorer actors.
+        Only what the needs imply is computed (student/scoring.py has the table); `answer_text`
+        and `correct` come along whenever the greedy answer was decoded anyway."""
         if "reward" in needs and not self.cfg.selection.reward_model:
             raise ValueError("selection.reward_model: a reward model is required to score "
                              "'reward' (a model folder, `verifier`, or tiny-reward for tests)")
         verifier = "reward" in needs and self.cfg.selection.reward_model == "verifier"
         if verifier:  # rule-based reward (the task's checker): no reward model on the scorers
-            needs = set(needs) - {"reward"}
+            needs = (set(needs) - {"reward"}) | {"correct"}
         items = [{"question": e.question, "answer": self.task.target(e)} for e in seeds]
         rows = self.scorers.gather_sharded("score", items, needs=sorted(needs))
+        have = set(rows[0]) if rows else set(needs) | ({"answer_text"} if needs & DECODED else set())
         cols: dict[str, np.ndarray | list] = {
             name: np.array([r[name] for r in rows], dtype=np.float64)
-            for name in ("loss", "loss_gt", "entropy")}
-        cols["answer_text"] = [r["answer_text"] for r in rows]
-        cols["correct"] = np.array([float(self.task.check_completion(e, t))
-                                    for e, t in zip(seeds, cols["answer_text"])])
+            for name in ("loss", "loss_gt", "entropy", "reward") if name in have}
+        if "answer_text" in have:
+            cols["answer_text"] = [r["answer_text"] for r in rows]
+            cols["correct"] = np.array([float(self.task.check_completion(e, t))
+                                        for e, t in zip(seeds, cols["answer_text"])])
         if "grad_embed" in needs:
             cols["grad_embed"] = np.stack([r["grad_embed"] for r in rows]).astype(np.float64) \
                 if rows else np.zeros((0, 0))
-        if rows and "reward" in rows[0]:
-            cols["reward"] = np.array([r["reward"] for r in rows], dtype=np.float64)
         if verifier:
             cols["reward"] = cols["correct"].copy()
         return cols
@@ -143,6 +145,11 @@ class StudentPool:
                 "correct": correct, "completions": completions}
 
     # ------------------------------------------------------------------ misc
+    def peak_rss(self) -> dict:
+        """Peak resident memory per actor kind: {"trainer": [bytes per rank], "scorer": [...]}."""
+        return {"trainer": ray.get(self.trainers.call("peak_rss")),
+                "scorer": ray.get(self.scorers.call("peak_rss"))}
+
     def full_weight_bytes(self) -> int:
         """What syncing the whole model instead of the adapter would move per round."""
         return ray.get(self.scorers.actors[0].weight_bytes.remote())

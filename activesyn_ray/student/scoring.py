@@ -1,214 +1,197 @@
-"""Scorer shards: the frozen base model plus a LoRA wrapper whose weights are replaced each round.
+"""Scorer shards: each computes ONLY the columns the strategy needs, on the path that can.
 
-Per example the scorer produces what the selection strategies read (selection/base.py):
-  answer_text  the student's greedy completion (stops at eos, at most student.max_new_tokens)
-  loss         mean NLL of those greedy tokens            (uncertainty about its own answer)
-  loss_gt      mean NLL of the reference target tokens    (how far it is from the right answer)
-  entropy      mean next-token entropy over the greedy tokens
-  grad_embed   BADGE: mean over greedy tokens of (softmax(z_t) - onehot(y_t)) (x) h_t, the gradient
-               of the loss w.r.t. the output layer, with the vocabulary factor projected by a fixed
-               seeded Gaussian to 16 dims -> 16 * hidden values       (only when asked for)
-  reward       a sequence-classification reward model's score of prompt + greedy answer (when asked)
-
-Examples are batched with left padding for generation and right padding for the teacher-forced
-passes; results do not depend on how examples are split into shards (tests check S=2 == S=1).
+Columns (selection/base.py reads them) and the work each one implies:
+  need         work                                                       path
+  answer_text  greedy decode (at most student.max_new_tokens, stops at eos) inference path
+  correct      greedy decode + the task's checker (StudentPool)          inference path
+  loss         greedy decode + mean NLL of those tokens                   vllm: its logprobs;
+                                                                          hf: one forced pass
+  entropy      greedy decode + one teacher-forced pass over the answer:   HF (exact, full vocab)
+               mean next-token entropy
+  grad_embed   greedy decode + the same forced pass, BADGE embedding      HF (hidden states)
+  loss_gt      ONE teacher-forced pass over prompt + reference, no decode HF (vLLM prompt_logprobs
+                                                                          only with student.vllm.
+                                                                          loss_gt on a GPU)
+  reward       greedy decode + reward model on prompt + answer            HF reward model
+               (reward_model: verifier -> = correct, StudentPool)
+The inference path is student.inference (resolve_inference): vllm decodes with each round's LoRA
+adapter in vLLM (student/vllm_scorer.py); hf does everything in transformers (student/hf_scorer.py).
+One shard builds only the paths its needs use, lazily: a vLLM scorer asked only for `loss` never
+loads the HF model; asked for entropy too, it loads it next to vLLM (twice the base weights).
 """
 
 from __future__ import annotations
 
-import contextlib
+import importlib.util
+from dataclasses import dataclass
 
 import torch
 
 from activesyn_ray.actors import set_threads
+from activesyn_ray.devices import peak_rss_bytes
 from activesyn_ray.models import resolve_model
-from activesyn_ray.student.data import IGNORE, collate, encode, left_pad, per_example_nll, prompt_ids
-from activesyn_ray.student.trainer import peft_lora_config, resolve_dtype
-from activesyn_ray.tasks.base import Task
+from activesyn_ray.student.hf_scorer import BADGE_DIMS  # noqa: F401 -- re-exported
+from activesyn_ray.student.data import prompt_ids
 
-BADGE_DIMS = 16  # projected vocabulary dims of the BADGE embedding (size = BADGE_DIMS * hidden)
+NEEDS = frozenset({"answer_text", "correct", "loss", "loss_gt", "entropy", "grad_embed", "reward"})
+DECODED = frozenset({"answer_text", "correct", "loss", "entropy", "grad_embed", "reward"})
+"""Needs that start from the student's greedy answer."""
+
+
+def resolve_inference(scfg) -> str:
+    """student.inference -> "vllm" or "hf" (auto: vllm when importable and the student is LoRA)."""
+    if scfg.lora is None:
+        return "hf"
+    if scfg.inference != "auto":
+        return scfg.inference
+    return "vllm" if importlib.util.find_spec("vllm") is not None else "hf"
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What one score() call runs."""
+    decode: str | None
+    """Path of the greedy decode ("vllm"/"hf"), None when no needed column starts from it."""
+    loss_from_decode: bool
+    """`loss` from the decode's own logprobs (vllm) instead of a forced pass."""
+    forced_own: bool
+    """HF teacher-forced pass over prompt + greedy answer (entropy, grad_embed, hf loss)."""
+    grad_embed: bool
+    loss_gt: str | None
+    reward: bool
+
+    @property
+    def paths(self) -> set[str]:
+        used = {self.decode, self.loss_gt} | ({"hf"} if self.forced_own or self.reward else set())
+        return used - {None}
+
+
+def plan(needs, *, inference: str, vllm_loss_gt: bool = False, reward_model: str | None = None
+         ) -> Plan:
+    needs = set(needs)
+    if unknown := needs - NEEDS:
+        raise ValueError(f"unknown score need(s) {sorted(unknown)}; known: {sorted(NEEDS)}")
+    decode = inference if needs & DECODED else None
+    vllm_loss = decode == "vllm" and "loss" in needs
+    return Plan(decode=decode, loss_from_decode=vllm_loss,
+                forced_own=bool(needs & {"entropy", "grad_embed"}) or ("loss" in needs and not vllm_loss),
+                grad_embed="grad_embed" in needs,
+                loss_gt=("vllm" if inference == "vllm" and vllm_loss_gt else "hf")
+                if "loss_gt" in needs else None,
+                reward="reward" in needs and reward_model not in (None, "verifier"))
 
 
 class ScorerWorker:
     def __init__(self, *, rank: int, world_size: int, num_cpus: float, cfg, batch_size: int = 16):
         set_threads(num_cpus)
-        from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
+        from transformers import AutoTokenizer
 
-        self.rank, self.cfg, self.scfg, self.batch_size = rank, cfg, cfg.student, batch_size
-        self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        self.dtype = resolve_dtype(self.scfg.dtype, cuda=self.device.type == "cuda")
-        path = resolve_model(self.scfg.model)
-        self.tokenizer = AutoTokenizer.from_pretrained(path)
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=self.dtype).to(self.device)
-        model.requires_grad_(False)
-        self.base_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
-        self._base_state = None
-        if self.scfg.lora is not None:
-            from peft import get_peft_model
+        self.rank, self.num_cpus, self.cfg, self.scfg = rank, num_cpus, cfg, cfg.student
+        self.batch_size = batch_size
+        self.inference = resolve_inference(cfg.student)
+        self.tokenizer = AutoTokenizer.from_pretrained(resolve_model(self.scfg.model))
+        self._hf = self._vllm = None
+        self._adapter = None  # the current LoRA state, for a path built after it was pushed
+        if self.inference == "vllm":
+            self.vllm  # noqa: B018 -- start the engine now (30-50 s), not inside the first call
+        else:
+            self.hf  # noqa: B018
 
-            model = get_peft_model(model, peft_lora_config(self.scfg.lora))
-        else:  # full finetune: keep the base weights to return to on load_adapter(None)
-            self._base_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-        self.model = model.eval()
-        # A fresh config, so nothing from the model's own generation_config.json (sampling,
-        # repetition penalty) changes what "greedy" means.
-        self._gen_config = GenerationConfig(
-            max_new_tokens=self.scfg.max_new_tokens, do_sample=False, num_beams=1,
-            eos_token_id=self.tokenizer.eos_token_id, pad_token_id=self.tokenizer.pad_token_id,
-            bos_token_id=self.tokenizer.bos_token_id)
-        self.adapter_on = False  # no adapter pushed yet: score with the base model
-        self._proj = None
-        self._reward = None
-        self._h = None  # lm_head input, captured by a hook (the h_t of BADGE)
-        self.model.get_output_embeddings().register_forward_hook(self._capture_h)
+    # ------------------------------------------------------------------ paths (built on first use)
+    @property
+    def hf(self):
+        if self._hf is None:
+            from activesyn_ray.student.hf_scorer import HFScorer
 
-    def _capture_h(self, module, args, output):
-        self._h = args[0]
+            self._hf = HFScorer(cfg=self.cfg, tokenizer=self.tokenizer, batch_size=self.batch_size)
+            if self._adapter is not None:
+                self._hf.load_adapter(self._adapter)
+        return self._hf
+
+    @property
+    def vllm(self):
+        if self._vllm is None:
+            from activesyn_ray.student.vllm_scorer import VllmScorer
+
+            self._vllm = VllmScorer(cfg=self.cfg, tokenizer=self.tokenizer, num_cpus=self.num_cpus,
+                                    rank=self.rank)
+            if self._adapter is not None:
+                self._vllm.load_adapter(self._adapter)
+        return self._vllm
+
+    def paths(self) -> list[str]:
+        """The paths built so far (for tests and memory reports)."""
+        return [name for name, p in (("hf", self._hf), ("vllm", self._vllm)) if p is not None]
 
     # ------------------------------------------------------------------ weights
     def load_adapter(self, state: dict[str, torch.Tensor] | None) -> None:
-        """Replace ONLY the adapter weights (the base stays); None = score with the base model."""
-        if self.scfg.lora is None:
-            self.model.load_state_dict(self._base_state if state is None else state)
-            return
-        if state is None:
-            self.adapter_on = False
-            return
-        from peft import set_peft_model_state_dict
-
-        res = set_peft_model_state_dict(self.model, {k: v.to(self.dtype) for k, v in state.items()})
-        if res.unexpected_keys:
-            raise ValueError(f"adapter does not fit this scorer's LoRA layout: unexpected keys "
-                             f"{res.unexpected_keys[:3]}...")
-        self.adapter_on = True
+        """Replace ONLY the adapter weights (the base stays); None = score with the base model.
+        With lora: null, `state` is every weight (HF path only; not kept here)."""
+        if self.scfg.lora is not None:
+            self._adapter = state
+        for path in (self._hf, self._vllm):
+            if path is not None:
+                path.load_adapter(state)
 
     def weight_bytes(self) -> int:
-        """Bytes of the base weights (what a full-weight sync would move)."""
-        return self.base_bytes
+        """Bytes of the base weights in the scorer's dtype (what a full-weight sync would move),
+        from the model's config on the meta device: no weights are loaded for it."""
+        from transformers import AutoConfig, AutoModelForCausalLM
 
-    def _maybe_disabled(self):
-        if self.scfg.lora is not None and not self.adapter_on:
-            return self.model.disable_adapter()
-        return contextlib.nullcontext()
+        from activesyn_ray.devices import resolve_dtype
 
-    # ------------------------------------------------------------------ generation
-    def _greedy(self, prompts: list[list[int]]) -> list[list[int]]:
-        """Greedy answer token ids per prompt, cut after the first eos (kept: it was predicted)."""
-        tok = self.tokenizer
-        ids, mask = left_pad(prompts, tok.pad_token_id)
-        out = self.model.generate(input_ids=ids.to(self.device), attention_mask=mask.to(self.device),
-                                  generation_config=self._gen_config)
-        answers = []
-        for row in out[:, ids.shape[1]:].tolist():
-            if tok.eos_token_id in row:
-                row = row[:row.index(tok.eos_token_id) + 1]
-            answers.append(row)
-        return answers
+        config = AutoConfig.from_pretrained(resolve_model(self.scfg.model))
+        with torch.device("meta"):
+            model = AutoModelForCausalLM.from_config(config)
+        size = torch.tensor([], dtype=resolve_dtype(self.scfg.dtype)).element_size()
+        return sum(p.numel() for p in model.parameters()) * size
 
-    def _decode(self, ans: list[int]) -> str:
+    def peak_rss(self) -> dict:
+        return {"paths": self.paths(), "peak_rss_bytes": peak_rss_bytes()}
+
+    # ------------------------------------------------------------------ work
+    def _decode_text(self, ans: list[int]) -> str:
         return self.tokenizer.decode(ans, skip_special_tokens=True)
 
-    @torch.no_grad()
+    def _greedy(self, prompts, *, on: str, with_loss: bool = False):
+        if on == "vllm":
+            return self.vllm.greedy(prompts, with_loss=with_loss)
+        return self.hf.greedy(prompts), None
+
     def generate(self, examples: list[dict]) -> list[str]:
-        """Greedy completions of Task.prompt(question) (evaluation)."""
-        out: list[str] = []
-        with self._maybe_disabled():
-            for i in range(0, len(examples), self.batch_size):
-                chunk = examples[i:i + self.batch_size]
-                prompts = [prompt_ids(self.tokenizer, ex["question"]) for ex in chunk]
-                out += [self._decode(a) for a in self._greedy(prompts)]
-        return out
+        """Greedy completions of Task.prompt(question) (evaluation), on the inference path."""
+        prompts = [prompt_ids(self.tokenizer, ex["question"]) for ex in examples]
+        answers, _ = self._greedy(prompts, on=self.inference)
+        return [self._decode_text(a) for a in answers]
 
-    # ------------------------------------------------------------------ scoring
-    def _projection(self, vocab: int) -> torch.Tensor:
-        if self._proj is None:  # same seed on every shard: embeddings are comparable across shards
-            gen = torch.Generator().manual_seed(self.cfg.seed + 7)
-            self._proj = (torch.randn(vocab, BADGE_DIMS, generator=gen) / BADGE_DIMS ** 0.5
-                          ).to(self.device)
-        return self._proj
-
-    def _own_answer_scores(self, prompts, answers, grad_embed: bool) -> list[dict]:
-        """One teacher-forced pass over prompt + greedy answer: loss, entropy, BADGE."""
-        rows = [(p + a, [IGNORE] * len(p) + a) for p, a in zip(prompts, answers)]
-        batch = {k: v.to(self.device) for k, v in collate(rows, self.tokenizer.pad_token_id).items()}
-        labels = batch.pop("labels")
-        logits = self.model(**batch).logits
-        # position t-1 predicts label t: keep only the answer positions
-        sel = labels[:, 1:] != IGNORE
-        z = logits[:, :-1][sel].float()                     # [tokens, vocab]
-        y = labels[:, 1:][sel]                              # [tokens]
-        logp = torch.log_softmax(z, dim=-1)
-        p = logp.exp()
-        nll = -logp.gather(1, y[:, None])[:, 0]
-        ent = -(p * logp).sum(-1)
-        row = sel.nonzero()[:, 0]                           # which example each token belongs to
-        n = len(rows)
-        count = torch.bincount(row, minlength=n).clamp(min=1).float()
-        loss = torch.zeros(n, device=z.device).index_add_(0, row, nll) / count
-        entropy = torch.zeros(n, device=z.device).index_add_(0, row, ent) / count
-        res = [{"loss": float(loss[i]), "entropy": float(entropy[i])} for i in range(n)]
-        if grad_embed:
-            proj = self._projection(z.shape[1])
-            u = p @ proj - proj[y]                          # R (softmax - onehot): [tokens, 16]
-            h = self._h[:, :-1][sel].float()                # [tokens, hidden]
-            g = torch.einsum("tk,th->tkh", u, h).flatten(1)  # per-token gradient, projected
-            emb = torch.zeros(n, g.shape[1], device=g.device).index_add_(0, row, g) / count[:, None]
-            for i in range(n):
-                res[i]["grad_embed"] = emb[i].cpu().numpy()
-        return res
-
-    def _reference_loss(self, chunk: list[dict]) -> list[float]:
-        feats = [encode(self.tokenizer, {"question": ex["question"], "target": ex["answer"]},
-                        self.scfg.max_seq_len) for ex in chunk]
-        batch = {k: v.to(self.device) for k, v in collate(feats, self.tokenizer.pad_token_id).items()}
-        labels = batch.pop("labels")
-        return per_example_nll(self.model(**batch).logits, labels).tolist()
-
-    def _reward_model(self):
-        if self._reward is None:
-            from transformers import AutoModelForSequenceClassification, AutoTokenizer
-
-            path = resolve_model(self.cfg.selection.reward_model)
-            rtok = AutoTokenizer.from_pretrained(path)
-            rm = AutoModelForSequenceClassification.from_pretrained(path, dtype=self.dtype)
-            if rm.config.pad_token_id is None:  # needed to find each row's last token in a batch
-                rm.config.pad_token_id = rtok.pad_token_id if rtok.pad_token_id is not None \
-                    else rtok.eos_token_id
-            self._reward = (rtok, rm.to(self.device).eval().requires_grad_(False))
-        return self._reward
-
-    def _rewards(self, chunk: list[dict], texts: list[str]) -> list[float]:
-        rtok, rm = self._reward_model()
-        pad = rm.config.pad_token_id
-        rows = [(rtok(Task.prompt(ex["question"]) + t, add_special_tokens=True)["input_ids"], [])
-                for ex, t in zip(chunk, texts)]
-        batch = collate(rows, pad)
-        out = rm(input_ids=batch["input_ids"].to(self.device),
-                 attention_mask=batch["attention_mask"].to(self.device)).logits
-        return out[:, 0].float().tolist()
-
-    @torch.no_grad()
     def score(self, examples: list[dict], needs: list[str] | set[str] = ()) -> list[dict]:
-        """`examples`: {"question", "answer" (reference target text)} dicts; one dict out each."""
+        """`examples`: {"question", "answer" (reference target text)} dicts; one dict out each with
+        the needed columns (and answer_text whenever the answer was decoded)."""
+        p = plan(needs, inference=self.inference, vllm_loss_gt=self.scfg.vllm.loss_gt,
+                 reward_model=self.cfg.selection.reward_model)
         needs = set(needs)
-        want_reward = "reward" in needs and self.cfg.selection.reward_model not in (None, "verifier")
-        out: list[dict] = []
-        with self._maybe_disabled():
-            for i in range(0, len(examples), self.batch_size):
-                chunk = examples[i:i + self.batch_size]
-                prompts = [prompt_ids(self.tokenizer, ex["question"]) for ex in chunk]
-                answers = self._greedy(prompts)
-                if not all(answers):  # max_new_tokens >= 1, so this cannot happen; guard anyway
-                    answers = [a or [self.tokenizer.eos_token_id] for a in answers]
-                res = self._own_answer_scores(prompts, answers, "grad_embed" in needs)
-                gt = self._reference_loss(chunk)
-                texts = [self._decode(a) for a in answers]
-                rewards = self._rewards(chunk, texts) if want_reward else None
-                for j, r in enumerate(res):
-                    r["answer_text"] = texts[j]
-                    r["loss_gt"] = gt[j]
-                    if rewards is not None:
-                        r["reward"] = rewards[j]
-                out += res
-        return out
-
+        rows: list[dict] = [{} for _ in examples]
+        if p.decode:
+            prompts = [prompt_ids(self.tokenizer, ex["question"]) for ex in examples]
+            answers, losses = self._greedy(prompts, on=p.decode, with_loss=p.loss_from_decode)
+            # max_new_tokens >= 1, so an empty answer cannot happen; guard the forced pass anyway
+            answers = [a or [self.tokenizer.eos_token_id] for a in answers]
+            texts = [self._decode_text(a) for a in answers]
+            for r, t in zip(rows, texts):
+                r["answer_text"] = t
+            if losses is not None:
+                for r, v in zip(rows, losses):
+                    r["loss"] = v
+            if p.forced_own:
+                forced = self.hf.own_answer(prompts, answers, grad_embed=p.grad_embed)
+                for r, f in zip(rows, forced):
+                    r.update({k: v for k, v in f.items() if k in needs and k not in r})
+            if p.reward:
+                for r, v in zip(rows, self.hf.rewards(examples, texts)):
+                    r["reward"] = v
+        if p.loss_gt:
+            gt = (self.vllm if p.loss_gt == "vllm" and self.vllm.loss_gt else self.hf
+                  ).reference_loss(examples)
+            for r, v in zip(rows, gt):
+                r["loss_gt"] = v
+        return rows

@@ -27,15 +27,9 @@ import numpy as np
 import torch
 
 from activesyn_ray.actors import set_threads
+from activesyn_ray.devices import peak_rss_bytes, resolve_dtype
 from activesyn_ray.models import resolve_model
 from activesyn_ray.student.data import collate, encode, per_example_nll
-
-
-def resolve_dtype(name: str, *, cuda: bool) -> torch.dtype:
-    """"auto": bf16 on GPU, fp32 on CPU (AVX2 CPUs run bf16 ~10x slower)."""
-    if name == "auto":
-        return torch.bfloat16 if cuda else torch.float32
-    return {"float32": torch.float32, "bfloat16": torch.bfloat16}[name]
 
 
 def peft_lora_config(lora):
@@ -83,6 +77,9 @@ class TrainerWorker:
         self.model_path = resolve_model(self.scfg.model)
         self.tokenizer = AutoTokenizer.from_pretrained(self.model_path)
         self.engine = None
+
+    def peak_rss(self) -> dict:
+        return {"peak_rss_bytes": peak_rss_bytes()}
 
     # ------------------------------------------------------------------ distributed setup
     def get_master_addr_port(self) -> tuple[str, int]:

@@ -1,11 +1,12 @@
 """Tasks: where seed and test examples come from, and how answers are checked."""
 
-from activesyn_ray.tasks.base import Example, Task, extract_answer
+from activesyn_ray.tasks.base import Example, Task, extract_answer, stratum
 from activesyn_ray.tasks.files import Game24Task, JsonlTask, LogiQATask
 from activesyn_ray.tasks.gym import GymTask
+from activesyn_ray.tasks.hf import HfTask
 
 TASKS: dict[str, type[Task]] = {"gym": GymTask, "jsonl": JsonlTask, "game24": Game24Task,
-                                "logiqa": LogiQATask}
+                                "logiqa": LogiQATask, "hf": HfTask}
 
 
 def build_task(cfg, *, seed: int) -> Task:
@@ -13,4 +14,4 @@ def build_task(cfg, *, seed: int) -> Task:
     return TASKS[cfg.kind](cfg, seed=seed)
 
 
-__all__ = ["Example", "Task", "build_task", "extract_answer", "TASKS"]
+__all__ = ["Example", "Task", "build_task", "extract_answer", "stratum", "TASKS"]

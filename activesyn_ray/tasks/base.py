@@ -33,6 +33,17 @@ class Example:
                    solution=d.get("solution"), meta=d.get("meta") or {})
 
 
+def stratum(example: Example) -> str:
+    """The group an example is reported under: a `stratum` field of your own data, else the
+    reasoning-gym difficulty level, else "all". Metrics, selection mix and plots break down by it."""
+    meta = example.meta or {}
+    if meta.get("stratum") is not None:
+        return str(meta["stratum"])
+    if meta.get("level") is not None:
+        return str(meta["level"])
+    return "all"
+
+
 def extract_answer(text: str) -> str | None:
     """The text after the LAST `####`, up to the end of its line; None if there is none."""
     matches = _ANSWER_RE.findall(text or "")
@@ -92,9 +103,12 @@ class Task:
 
 def split_disjoint(pool: list[Example], test: list[Example], seed_size: int, test_size: int,
                    what: str) -> tuple[list[Example], list[Example]]:
-    """Drop test items whose question appears in the seed pool, then cut both to size."""
-    seen = {e.question for e in pool[:seed_size]}
-    test = [e for e in test if e.question not in seen]
+    """Drop test items whose question appears in the seed pool (after the decontamination
+    normalisation: case, white space, number format), then cut both to size."""
+    from activesyn_ray.decontaminate import normalize
+
+    seen = {normalize(e.question) for e in pool[:seed_size]}
+    test = [e for e in test if normalize(e.question) not in seen]
     if len(pool) < seed_size or len(test) < test_size:
         raise ValueError(f"{what}: asked for seed_size={seed_size} + test_size={test_size} distinct "
                          f"examples but only {len(pool)} + {len(test)} are available")

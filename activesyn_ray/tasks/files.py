@@ -1,7 +1,10 @@
 """Bring-your-own data: GSM8K-style JSONL/Parquet, the Tree-of-Thoughts Game-of-24 csv, LogiQA.
 
-A malformed row is always reported as `file:line: what is wrong`; `task.on_bad_row` decides whether
-the run stops (fail, default) or the row is skipped with a warning (skip). Never silent.
+A malformed row is always reported as `file:line: what is wrong` (not valid UTF-8, not valid JSON,
+longer than `task.max_row_chars`, a field missing, empty or of the wrong type, a torn last line);
+`task.on_bad_row` decides whether the run stops (fail, default) or the row is skipped with a
+warning (skip). Never silent. Data comes from one `task.path` (shuffled, then split into seeds and
+test) or from two files, `task.seed_path` and `task.test_path`, used as given.
 """
 
 from __future__ import annotations
@@ -24,10 +27,65 @@ class BadRow(ValueError):
     pass
 
 
+def read_lines(path: str | Path, *, max_chars: int):
+    """(line number, text or BadRow) for each non-blank line, read as bytes so that one bad byte
+    costs one row (with its file:line) instead of the whole file. A line over `max_chars` is
+    refused without being held whole in memory; a last line with no newline is flagged torn only
+    if it does not parse (many editors drop the final newline; a cut-off write leaves half a row)."""
+    limit = 4 * max_chars + 2  # UTF-8 is at most 4 bytes a character, plus the newline
+    with open(path, "rb") as f:
+        lineno = 0
+        while raw := f.readline(limit):
+            lineno += 1
+            if len(raw) == limit and not raw.endswith(b"\n"):
+                while (more := f.readline(limit)) and not more.endswith(b"\n"):
+                    pass  # skip the rest of the over-long line
+                yield lineno, BadRow(f"row longer than task.max_row_chars={max_chars}")
+                continue
+            try:
+                text = raw.decode("utf-8")
+            except UnicodeDecodeError as err:
+                yield lineno, BadRow(f"not valid UTF-8 (byte 0x{raw[err.start]:02x} at column "
+                                     f"{err.start + 1})")
+                continue
+            if len(text.rstrip("\r\n")) > max_chars:
+                yield lineno, BadRow(f"row longer than task.max_row_chars={max_chars} "
+                                     f"({len(text.rstrip())} characters)")
+                continue
+            if text.strip():
+                yield lineno, (text if text.endswith("\n") else _Torn(text))
+
+
+class _Torn(str):
+    """The file's last line, which has no newline: fine if complete, reported as torn if not."""
+
+
+def _text_field(row: dict, key: str, *, numbers: bool) -> str:
+    """The field as text, or BadRow naming the field and what was found instead."""
+    if key not in row or row[key] is None:
+        raise BadRow(f"field '{key}' is missing")
+    value = row[key]
+    ok = (str,) + ((int, float) if numbers else ())
+    if isinstance(value, bool) or not isinstance(value, ok):
+        want = "a string or a number" if numbers else "a string"
+        raise BadRow(f"field '{key}' must be {want}, got {type(value).__name__} {_short(value)}")
+    if str(value).strip() == "":
+        raise BadRow(f"field '{key}' is empty")
+    return str(value)
+
+
+def _short(value, n: int = 40) -> str:
+    text = json.dumps(value, ensure_ascii=False, default=str)
+    return text if len(text) <= n else text[:n] + "..."
+
+
 class _FileTask(Task):
     """Reads rows, keeps the good ones, reports the bad ones, then shuffles and splits."""
 
-    def _rows(self) -> list[tuple[int, dict]]:
+    id_prefix = ""
+    """Prepended to line-number ids ("seed-"/"test-" with two files, so ids stay unique)."""
+
+    def _rows(self, path: str):
         raise NotImplementedError
 
     def _parse(self, lineno: int, row: dict) -> Example:
@@ -37,27 +95,61 @@ class _FileTask(Task):
     def source(self) -> str:
         return str(self.cfg.path)
 
-    def load(self) -> list[Example]:
+    def load(self, path: str | None = None, *, id_prefix: str = "") -> list[Example]:
+        path = str(path or self.source)
+        if not Path(path).exists():
+            field = "task.path" if path == self.source else "task.seed_path / task.test_path"
+            raise FileNotFoundError(f"{field}: {path} does not exist")
+        self.id_prefix = id_prefix
         good, bad = [], []
-        for lineno, row in self._rows():
+        for lineno, row in self._rows(path):
             try:
-                good.append(self._parse(lineno, row))
+                if isinstance(row, BadRow):
+                    raise row
+                ex = self._parse(lineno, row)
+                if len(ex.question) + len(ex.answer) + len(ex.solution or "") > self.cfg.max_row_chars:
+                    raise BadRow(f"row longer than task.max_row_chars={self.cfg.max_row_chars}")
+                good.append(ex)
             except BadRow as err:
-                msg = f"{self.source}:{lineno}: {err}"
+                msg = f"{path}:{lineno}: {err}"
                 if self.cfg.on_bad_row == "fail":
                     raise BadRow(msg + "  (set task.on_bad_row: skip to drop such rows)") from None
                 bad.append(msg)
         for msg in bad:
             log.warning("skipped bad row %s", msg)
-        self.skipped = bad
+        self.skipped = getattr(self, "skipped", []) + bad
         return good
 
     def splits(self) -> tuple[list[Example], list[Example]]:
+        self.skipped = []
+        n_test = self.cfg.test_size
+        if self.cfg.seed_path:  # two files: the split is yours; only the order is shuffled
+            pool = self.load(self.cfg.seed_path, id_prefix="seed-")
+            test = self.load(self.cfg.test_path, id_prefix="test-")
+            random.Random(self.seed).shuffle(pool)
+            random.Random(self.seed + 1).shuffle(test)
+            return split_disjoint(pool, test, self.cfg.seed_size, n_test,
+                                  f"task files {self.cfg.seed_path} + {self.cfg.test_path}")
         rows = self.load()
         random.Random(self.seed).shuffle(rows)
-        n_test = self.cfg.test_size
         return split_disjoint(rows[n_test:], rows[:n_test], self.cfg.seed_size, n_test,
                               f"task file {self.source}")
+
+
+def _json_rows(self, path: str):
+    """JSONL rows as (line, dict | BadRow): shared by JsonlTask and LogiQATask."""
+    for lineno, line in read_lines(path, max_chars=self.cfg.max_row_chars):
+        if isinstance(line, BadRow):
+            yield lineno, line
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as err:
+            why = "last line is cut off (no newline at the end and not valid JSON: was the file " \
+                  "still being written?)" if isinstance(line, _Torn) else \
+                  f"not valid JSON ({err.msg} at column {err.colno})"
+            row = BadRow(why)
+        yield lineno, row
 
 
 class JsonlTask(_FileTask):
@@ -65,41 +157,29 @@ class JsonlTask(_FileTask):
 
     name = "jsonl"
 
-    def _rows(self):
-        path = Path(self.source)
-        if not path.exists():
-            raise FileNotFoundError(f"task.path: {path} does not exist")
-        if path.suffix == ".parquet":
+    def _rows(self, path: str):
+        if Path(path).suffix == ".parquet":
             import pyarrow.parquet as pq
 
             # Parquet has no lines: report the 1-based row number instead.
             yield from enumerate(pq.read_table(path).to_pylist(), 1)
             return
-        with open(path) as f:
-            for lineno, line in enumerate(f, 1):
-                if not line.strip():
-                    continue
-                try:
-                    row = json.loads(line)
-                except json.JSONDecodeError as err:
-                    row = BadRow(f"not valid JSON ({err.msg} at column {err.colno})")
-                yield lineno, row
+        yield from _json_rows(self, path)
 
     def _parse(self, lineno: int, row) -> Example:
-        if isinstance(row, BadRow):
-            raise row
         if not isinstance(row, dict):
-            raise BadRow("expected a JSON object with 'question' and 'answer'")
-        for key in ("question", "answer"):
-            if not isinstance(row.get(key), (str, int, float)) or str(row[key]).strip() == "":
-                raise BadRow(f"field '{key}' is missing or empty")
-        raw = str(row["answer"])
+            raise BadRow(f"expected a JSON object with 'question' and 'answer', got "
+                         f"{type(row).__name__}")
+        question = _text_field(row, "question", numbers=False)
+        raw = _text_field(row, "answer", numbers=True)
         final = extract_answer(raw) if ANSWER_MARK in raw else raw.strip()
         if final is None:
             raise BadRow(f"field 'answer' has '{ANSWER_MARK}' but no final answer after it")
         solution = raw.rsplit(ANSWER_MARK, 1)[0].strip() if ANSWER_MARK in raw else None
-        return Example(id=str(row.get("id", f"row-{lineno}")), question=str(row["question"]),
-                       answer=final, solution=solution or None, meta={"line": lineno})
+        return Example(id=str(row.get("id", f"{self.id_prefix}row-{lineno}")), question=question,
+                       answer=final, solution=solution or None,
+                       meta={"line": lineno, **({"stratum": str(row["stratum"])}
+                                                if row.get("stratum") is not None else {})})
 
 
 # ----------------------------------------------------------------------------------- Game of 24
@@ -169,10 +249,15 @@ class Game24Task(_FileTask):
     def source(self) -> str:
         return str(self.cfg.path or package_file("tree-of-thoughts-llm", "tot/data/24/24.csv"))
 
-    def _rows(self):
-        with open(self.source, newline="") as f:
-            for lineno, row in enumerate(csv.DictReader(f), 2):  # line 1 is the header
-                yield lineno, row
+    def _rows(self, path: str):
+        header = None
+        for lineno, line in read_lines(path, max_chars=self.cfg.max_row_chars):
+            if isinstance(line, BadRow):
+                yield lineno, line
+            elif header is None:
+                header = next(csv.reader([line]))
+            else:  # the puzzles file has no quoted newlines: one csv record per line
+                yield lineno, dict(zip(header, next(csv.reader([line]))))
 
     def _parse(self, lineno: int, row: dict) -> Example:
         try:
@@ -206,8 +291,6 @@ class LogiQATask(_FileTask):
     _rows = JsonlTask._rows
 
     def _parse(self, lineno: int, row) -> Example:
-        if isinstance(row, BadRow):
-            raise row
         try:
             msgs = row["input"]
             user = next(m["content"] for m in msgs if m.get("role") == "user")
@@ -216,7 +299,7 @@ class LogiQATask(_FileTask):
             raise BadRow("expected 'input' (chat messages with a user turn) and 'ideal'") from None
         if ideal not in {"A", "B", "C", "D"}:
             raise BadRow(f"field 'ideal' must be one of A-D, got {ideal!r}")
-        return Example(id=f"logiqa-{lineno}", question=user.strip(), answer=ideal, meta={"line": lineno})
+        return Example(id=f"logiqa-{self.id_prefix}{lineno}", question=user.strip(), answer=ideal, meta={"line": lineno})
 
     def check(self, example: Example, predicted: str | None) -> bool:
         return predicted is not None and predicted.strip().upper()[:1] == example.answer

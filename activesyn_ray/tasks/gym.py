@@ -16,6 +16,7 @@ import reasoning_gym
 from activesyn_ray.tasks.base import ANSWER_MARK, Example, Task, split_disjoint
 
 _TEST_SEED_OFFSET = 1_000_003  # test instances come from a different generator seed than seeds
+MAX_REDRAWS = 64  # procedural teacher: attempts to avoid a held-out question before giving up
 
 
 @functools.lru_cache(maxsize=256)
@@ -39,6 +40,9 @@ def _to_example(entry: dict, *, dataset: str, level: int, level_cfg: dict, uid: 
 
 class GymTask(Task):
     has_generator = True
+    held_out = None
+    """A Decontaminator over the held-out questions; set by the coordinator before the teacher
+    starts, so procedural samples are redrawn instead of repeating a test question."""
 
     def __init__(self, cfg, *, seed: int):
         super().__init__(cfg, seed=seed)
@@ -104,7 +108,30 @@ class GymTask(Task):
             return False
 
     def generate_like(self, example: Example, *, seed: int) -> Example:
+        """A new instance from the seed's generator and level. With `held_out` set (a
+        Decontaminator over the test and validation questions), a draw that matches a held-out
+        question is redrawn with the next derived seed, so the result stays deterministic in `seed`;
+        `meta.redraws` counts them. After MAX_REDRAWS the last draw is returned (and then dropped as
+        contaminated by the coordinator)."""
         m = example.meta
-        ds = reasoning_gym.create_dataset(m["dataset"], size=1, seed=seed, **m["level_cfg"])
-        return _to_example(ds[0], dataset=m["dataset"], level=m["level"], level_cfg=m["level_cfg"],
-                           uid=f"gen-{m['dataset']}-L{m['level']}-{seed}")
+        for attempt in range(MAX_REDRAWS + 1):
+            s = seed if attempt == 0 else (seed * 1_000_003 + attempt) % 2**31
+            ds = reasoning_gym.create_dataset(m["dataset"], size=1, seed=s, **m["level_cfg"])
+            if self.held_out is None or not self.held_out.is_held_out(ds[0]["question"]):
+                break
+        new = _to_example(ds[0], dataset=m["dataset"], level=m["level"], level_cfg=m["level_cfg"],
+                          uid=f"gen-{m['dataset']}-L{m['level']}-{s}")
+        new.meta["redraws"] = attempt
+        return new
+
+    def question_space(self, draws: int = 2000) -> list[int]:
+        """Distinct questions among `draws` instances of each level (all datasets): a lower bound
+        of each level's question space, for the start-up check on heavy reuse."""
+        out = []
+        for i, lv in enumerate(self.levels):
+            distinct = 0
+            for n in self.datasets:
+                ds = reasoning_gym.create_dataset(n, size=draws, seed=self.seed + 31 * i, **lv)
+                distinct += len({ds[j]["question"] for j in range(len(ds))})
+            out.append(distinct)
+        return out

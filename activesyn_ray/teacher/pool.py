@@ -23,41 +23,29 @@ import math
 
 from activesyn_ray.runtime import init_ray
 from activesyn_ray.tasks.base import Example
-from activesyn_ray.teacher.engines import Completion, TeacherRequest, request_seed
-from activesyn_ray.teacher.engines.base import count_text_tokens, load_tokenizer, prompt_ids
+from activesyn_ray.teacher.engines import Completion, TeacherRequest, engine_class, request_seed
+from activesyn_ray.teacher.engines.base import load_tokenizer
 from activesyn_ray.teacher.prompts import NEUTRAL_GRADE, Prompts, parse_grade, parse_sample
 
 log = logging.getLogger(__name__)
 
 JUDGE_MAX_NEW_TOKENS = 64
 """A grade is one short line; greedy (temperature 0) so the same answer gets the same grade."""
-OPENAI_PROMPT_MARGIN = (1.25, 32)
-"""A remote model's tokenizer and chat wrapping are unknown here: its prompt estimate is
-1.25 x (local count) + 32, so the worst-case budget check stays on the safe side."""
 RAW_KEEP_CHARS = 1000
 
 
 class PromptCounter:
-    """Driver-side token counts for the budget check, tokenized exactly as the engines will
-    (same tokenizer, same chat template), so the worst case is exact for vllm/hf/procedural."""
+    """Driver-side token counts for the budget check, as the configured engine describes them
+    (Engine.estimate_prompt_tokens / context_len_for): exact for engines that tokenize with
+    teacher.model's tokenizer and chat template, a safe margin for remote ones."""
 
     def __init__(self, cfg):
-        from activesyn_ray.models import resolve_model
-        from activesyn_ray.teacher.engines.vllm_engine import (effective_max_model_len,
-                                                               model_context_len)
-
-        t = cfg.teacher
-        self.engine = t.engine
-        self.tok = load_tokenizer(t.model)
-        folder = resolve_model(t.model)
-        self.context_len = {"vllm": lambda: effective_max_model_len(t.vllm, folder),
-                            "hf": lambda: model_context_len(folder)}.get(t.engine, lambda: None)()
+        self.engine_cls = engine_class(cfg.teacher.engine)
+        self.tok = load_tokenizer(cfg.teacher.model)
+        self.context_len = self.engine_cls.context_len_for(cfg)
 
     def prompt_tokens(self, prompt: str) -> int:
-        if self.engine == "openai":
-            scale, extra = OPENAI_PROMPT_MARGIN
-            return int(math.ceil(scale * count_text_tokens(self.tok, prompt))) + extra
-        return len(prompt_ids(self.tok, prompt))
+        return self.engine_cls.estimate_prompt_tokens(self.tok, prompt)
 
 
 def judge_config(cfg):
@@ -78,9 +66,7 @@ class TeacherPool:
         self.prompts = Prompts(t)
         self.counter = PromptCounter(cfg)
         self.engine = t.engine
-        self.model = {"openai": t.openai.model,
-                      "procedural": f"reasoning-gym generator (stand-in teacher; tokens counted "
-                                    f"with the {t.model} tokenizer)"}.get(t.engine, t.model)
+        self.model = self.counter.engine_cls.label(cfg)
         self.backend = self._make_backend(cfg)
         # A separate judge (teacher.judge_engine) starts on the first judge call only: strategies
         # that never judge never pay for a second engine.

@@ -31,5 +31,10 @@ class TeacherReplica:
         with self._lock:
             return self.engine.complete(requests, top_p=self.top_p)
 
+    def peak_rss(self) -> dict:
+        from activesyn_ray.devices import peak_rss_bytes
+
+        return {"engine": self.engine.name, "peak_rss_bytes": peak_rss_bytes()}
+
     def count_tokens(self, texts: list[str]) -> list[int]:
         return [self.engine.count_tokens(t) for t in texts]

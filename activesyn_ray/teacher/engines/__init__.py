@@ -1,4 +1,8 @@
-"""Teacher engines, chosen by name (`teacher.engine`): vllm, hf, openai, procedural."""
+"""Engines, chosen by name (`teacher.engine`): vllm, hf, openai, procedural.
+
+Adding one = one module with a `@register("name")` Engine subclass, imported in `_load_all`, and its
+name in config.TeacherConfig.engine. The vLLM construction (`vllm_engine.start_llm`) also serves the
+student's vLLM scorer (student/vllm_scorer.py)."""
 
 from activesyn_ray.teacher.engines.base import (ENGINES, Completion, Engine, TeacherError,
                                                 TeacherRequest, request_seed)
@@ -10,14 +14,18 @@ def _load_all() -> None:
                                                vllm_engine)
 
 
-def build_engine(cfg, *, task=None, num_cpus: float = 1, rank: int = 0) -> Engine:
-    """`cfg` is the RunConfig (engines read cfg.teacher and cfg.seed)."""
+def engine_class(name: str) -> type[Engine]:
+    """The registered engine class (not started): its classmethods describe it to the driver."""
     _load_all()
-    name = cfg.teacher.engine
     if name not in ENGINES:
         raise TeacherError(f"teacher.engine: unknown {name!r}; choose one of {', '.join(sorted(ENGINES))}")
-    return ENGINES[name](cfg=cfg, task=task, num_cpus=num_cpus, rank=rank)
+    return ENGINES[name]
+
+
+def build_engine(cfg, *, task=None, num_cpus: float = 1, rank: int = 0) -> Engine:
+    """`cfg` is the RunConfig (engines read cfg.teacher and cfg.seed)."""
+    return engine_class(cfg.teacher.engine)(cfg=cfg, task=task, num_cpus=num_cpus, rank=rank)
 
 
 __all__ = ["ENGINES", "Completion", "Engine", "TeacherError", "TeacherRequest", "build_engine",
-           "request_seed"]
+           "engine_class", "request_seed"]

@@ -84,13 +84,46 @@ def count_text_tokens(tok, text: str) -> int:
     return len(tok(text, add_special_tokens=False).input_ids)
 
 
+def model_context_len(folder) -> int | None:
+    """The context a HF model folder declares (max_position_embeddings), None if unknown."""
+    import json
+    from pathlib import Path
+
+    try:
+        cfg = json.loads((Path(folder) / "config.json").read_text())
+    except (OSError, ValueError):
+        return None
+    return cfg.get("max_position_embeddings") or cfg.get("n_positions")
+
+
 # ----------------------------------------------------------------------------------------- engines
 class Engine:
-    """Base class; subclasses set `name` and implement generate/count_tokens."""
+    """Base class; subclasses are registered by name and implement generate/count_tokens.
+
+    An engine also describes itself to the driver BEFORE it is started anywhere (classmethods on the
+    RunConfig), so the teacher pool's budget check needs no engine-specific code: its context
+    length, how many prompt tokens a request may cost, and the model label written to records.
+    """
 
     name: str = ""
     context_len: int | None = None
     """Longest prompt + completion the engine accepts (None: no limit known)."""
+
+    @classmethod
+    def context_len_for(cls, cfg) -> int | None:
+        """context_len as known from config alone (the started engine reports the same)."""
+        return None
+
+    @classmethod
+    def estimate_prompt_tokens(cls, tok, prompt: str) -> int:
+        """Worst-case prompt tokens of one request, counted on the driver with teacher.model's
+        tokenizer `tok`; exact for engines that tokenize with it (chat template included)."""
+        return len(prompt_ids(tok, prompt))
+
+    @classmethod
+    def label(cls, cfg) -> str:
+        """The teacher model as records and reports name it."""
+        return cfg.teacher.model
 
     def generate(self, prompts: list[str], *, max_new_tokens: int | list[int], temperature: float,
                  top_p: float, seed: int | list[int] | None = None) -> list[Completion]:

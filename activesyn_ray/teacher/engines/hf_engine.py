@@ -7,10 +7,10 @@ for the whole batch, so per-request seeds as in vLLM are not possible here.
 
 from __future__ import annotations
 
+from activesyn_ray.devices import resolve_dtype
 from activesyn_ray.models import resolve_model
 from activesyn_ray.teacher.engines.base import (Completion, Engine, count_text_tokens, load_tokenizer,
-                                                per_item, prompt_ids, register)
-from activesyn_ray.teacher.engines.vllm_engine import model_context_len
+                                                model_context_len, per_item, prompt_ids, register)
 
 
 @register("hf")
@@ -21,11 +21,15 @@ class HFEngine(Engine):
 
         folder = resolve_model(cfg.teacher.model)
         self.device = "cuda" if torch.cuda.is_available() else "cpu"
-        dtype = torch.bfloat16 if self.device == "cuda" else torch.float32  # bf16 is slow on AVX2
+        dtype = resolve_dtype("auto", cuda=self.device == "cuda")
         self.tok = load_tokenizer(cfg.teacher.model)
         self.model = AutoModelForCausalLM.from_pretrained(str(folder), dtype=dtype).to(self.device)
         self.model.eval()
-        self.context_len = model_context_len(folder)
+        self.context_len = self.context_len_for(cfg)
+
+    @classmethod
+    def context_len_for(cls, cfg) -> int | None:
+        return model_context_len(resolve_model(cfg.teacher.model))
 
     def generate(self, prompts, *, max_new_tokens, temperature, top_p, seed=None):
         import torch

@@ -13,6 +13,7 @@ batches them and its `usage` gives exact per-request token counts (what the prov
 from __future__ import annotations
 
 import logging
+import math
 import os
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -23,6 +24,9 @@ from activesyn_ray.teacher.engines.base import (Completion, Engine, TeacherError
 log = logging.getLogger(__name__)
 
 _RETRY_STATUS = {408, 409, 429, 500, 502, 503, 504}
+PROMPT_MARGIN = (1.25, 32)
+"""A remote model's tokenizer and chat wrapping are unknown here: its prompt estimate is
+1.25 x (local count) + 32, so the worst-case budget check stays on the safe side."""
 
 
 @register("openai")
@@ -44,6 +48,15 @@ class OpenAIEngine(Engine):
         # Local tokenizer of teacher.model: only a fallback when a server omits `usage`.
         self._tok_spec = cfg.teacher.model
         self._tok = None
+
+    @classmethod
+    def estimate_prompt_tokens(cls, tok, prompt: str) -> int:
+        scale, extra = PROMPT_MARGIN
+        return int(math.ceil(scale * count_text_tokens(tok, prompt))) + extra
+
+    @classmethod
+    def label(cls, cfg) -> str:
+        return cfg.teacher.openai.model
 
     def __repr__(self) -> str:  # never show headers
         return f"OpenAIEngine(base_url={self.base_url!r}, model={self.model!r}, api={self.api!r})"

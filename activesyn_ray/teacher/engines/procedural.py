@@ -36,6 +36,11 @@ class ProceduralEngine(Engine):
         self.task = task
         self.tok = load_tokenizer(cfg.teacher.model)
 
+    @classmethod
+    def label(cls, cfg) -> str:
+        return (f"reasoning-gym generator (stand-in teacher; tokens counted with the "
+                f"{cfg.teacher.model} tokenizer)")
+
     def generate(self, prompts, *, max_new_tokens, temperature, top_p, seed=None):
         raise TeacherError("the procedural engine answers structured requests (complete()), "
                            "not free-form prompts")

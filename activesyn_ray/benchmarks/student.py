@@ -1,8 +1,9 @@
-"""Student throughput: trainer samples/s (1 and 2 ranks), scoring examples/s (S=1 vs S=2 shards,
-measured in the same run), and the bytes one adapter sync moves vs a full-weight sync.
+"""Student throughput: trainer samples/s (1 and 2 ranks); scoring + evaluation on the HF path with
+S=1 and S=2 shards and on the vLLM path (frozen base + the same LoRA adapter) with S=1, all in the
+same run; the bytes one adapter sync moves vs a full-weight sync; peak RSS per actor kind.
 
-    python benchmarks/bench_student.py                                   # SmolLM2-135M, 1 rank
-    python benchmarks/bench_student.py --model tiny --ranks 2 --out bench_student.json
+    python -m activesyn_ray.benchmarks.student                      # SmolLM2-135M + LoRA r=8
+    python -m activesyn_ray.benchmarks.student --model tiny --ranks 2 --out bench_student.json
 
 Sizes are small by default so it finishes in minutes on a 2-core CPU; raise them on GPUs
 (`--num-gpus 1` gives every actor a GPU; the model then trains in bf16).
@@ -24,6 +25,9 @@ def parse_args():
                    help="2 also measures a 2-rank DeepSpeed group with the same global batch")
     p.add_argument("--train-examples", type=int, default=16)
     p.add_argument("--score-examples", type=int, default=16)
+    p.add_argument("--eval-examples", type=int, default=16, help="test questions for evaluation")
+    p.add_argument("--inference", default="hf,vllm",
+                   help="scorer paths compared on the same adapter (vllm needs vLLM installed)")
     p.add_argument("--epochs", type=int, default=1)
     p.add_argument("--micro", type=int, default=4, help="global micro batch (split over ranks)")
     p.add_argument("--max-seq-len", type=int, default=128)
@@ -44,14 +48,15 @@ def main() -> None:
     from activesyn_ray.actors import ActorGroup
     from activesyn_ray.config import ActorResources, config_from_dict
     from activesyn_ray.runtime import worker_env
-    from activesyn_ray.student.scoring import ScorerWorker
+    from activesyn_ray.student.scoring import ScorerWorker, resolve_inference
     from activesyn_ray.student.trainer import TrainerWorker
     from activesyn_ray.tasks import build_task
 
     def cfg_for(ranks: int):
         return config_from_dict({
             "task": {"kind": "gym", "name": "basic_arithmetic",
-                     "seed_size": max(a.train_examples, a.score_examples), "test_size": 8},
+                     "seed_size": max(a.train_examples, a.score_examples),
+                     "test_size": a.eval_examples},
             "student": {"model": a.model, "epochs": a.epochs, "micro_batch_size": a.micro // ranks,
                         "max_seq_len": a.max_seq_len, "max_new_tokens": a.max_new_tokens},
             "resources": {"trainer": {"num_workers": ranks, "num_cpus": a.num_cpus,
@@ -60,16 +65,22 @@ def main() -> None:
 
     cfg = cfg_for(1)
     task = build_task(cfg.task, seed=0)
-    seeds, _ = task.splits()
+    seeds, test = task.splits()
     train_data = [{"question": e.question, "target": task.target(e)} for e in seeds[:a.train_examples]]
     score_items = [{"question": e.question, "answer": task.target(e)} for e in seeds[:a.score_examples]]
+    eval_items = [{"question": e.question} for e in test]
     needs = [n for n in a.needs.split(",") if n]
+    paths = [p for p in a.inference.split(",") if p]
+    if "vllm" in paths and resolve_inference(cfg.student.model_copy(update={"inference": "auto"})) != "vllm":
+        print("vLLM is not importable here: scoring runs on the HF path only", flush=True)
+        paths = [p for p in paths if p != "vllm"]
 
     n_actors = max(a.ranks, 2) + 1
     # address="local": always our own Ray, never a cluster someone else started on this machine
     ray.init(address="local", num_cpus=int(max(4, n_actors * a.num_cpus + 1)),
              include_dashboard=False, runtime_env={"env_vars": worker_env()}, log_to_driver=False)
-    results: dict = {"model": a.model, "args": vars(a)}
+    results: dict = {"model": a.model, "args": vars(a), "peak_rss_bytes": {}}
+    rss = results["peak_rss_bytes"]
     state = None
     try:
         # ---- trainer: samples/s of the training loop (engine build reported separately)
@@ -83,6 +94,8 @@ def main() -> None:
                 m = ray.get(group.call("train", train_data, round=0))[0]
                 if state is None:
                     state = ray.get(group.actors[0].adapter_state.remote())
+                rss[f"trainer ({ranks} rank)"] = max(
+                    r["peak_rss_bytes"] for r in ray.get(group.call("peak_rss")))
             finally:
                 group.shutdown()
             results[f"train_{ranks}rank"] = {
@@ -94,34 +107,69 @@ def main() -> None:
                   f"samples/s ({m['samples']} samples, {m['steps']} steps, "
                   f"{m['loop_seconds']:.1f} s loop)", flush=True)
 
-        # ---- scorers: S=1 and S=2, same items, same adapter, one after the other
+        # ---- scorers: HF S=1 and S=2, vLLM S=1; same items, same adapter, one after the other
         ref = ray.put(state)
         adapter_bytes = sum(t.numel() * t.element_size() for t in state.values())
-        rows_by_s = {}
-        for shards in (1, 2):
-            group = ActorGroup(ScorerWorker, name=f"bench-scorer{shards}",
+        outs = {}
+        for path, shards in [("hf", 1), ("hf", 2), ("vllm", 1)]:
+            if path not in paths:
+                continue
+            c = cfg.model_copy(deep=True)
+            c.student.inference = path
+            t0 = time.perf_counter()
+            group = ActorGroup(ScorerWorker, name=f"bench-scorer-{path}{shards}",
                                resources=ActorResources(num_workers=shards, num_cpus=a.num_cpus,
                                                         num_gpus=a.num_gpus),
-                               init_kwargs=dict(cfg=cfg, batch_size=a.score_batch))
+                               init_kwargs=dict(cfg=c, batch_size=a.score_batch))
             try:
                 full_bytes = ray.get(group.call("weight_bytes"))[0]  # also waits for start-up
+                start_s = time.perf_counter() - t0
                 t0 = time.perf_counter()
                 ray.get(group.call("load_adapter", ref))
                 sync_s = time.perf_counter() - t0
                 group.gather_sharded("score", score_items[:shards], needs=needs)  # warm-up
                 t0 = time.perf_counter()
                 rows = group.gather_sharded("score", score_items, needs=needs)
-                dt = time.perf_counter() - t0
+                score_s = time.perf_counter() - t0
+                t0 = time.perf_counter()
+                completions = group.gather_sharded("generate", eval_items)
+                eval_s = time.perf_counter() - t0
+                peak = [r["peak_rss_bytes"] for r in ray.get(group.call("peak_rss"))]
             finally:
                 group.shutdown()
-            rows_by_s[shards] = rows
-            results[f"score_S{shards}"] = {"examples_per_s": len(rows) / dt, "seconds": dt,
-                                           "examples": len(rows), "adapter_load_seconds": sync_s}
-            print(f"scoring S={shards}: {len(rows) / dt:.2f} examples/s ({len(rows)} in {dt:.1f} s)",
-                  flush=True)
-        same = [r["answer_text"] for r in rows_by_s[1]] == [r["answer_text"] for r in rows_by_s[2]]
-        max_dloss = max(abs(x["loss"] - y["loss"]) for x, y in zip(rows_by_s[1], rows_by_s[2]))
-        results["score_S2_equals_S1"] = {"same_answers": same, "max_abs_loss_diff": max_dloss}
+            if shards == 1:
+                rss[f"scorer {path}"] = max(peak)
+            outs[(path, shards)] = (rows, completions)
+            correct = [task.check_completion(e, t) for e, t in zip(test, completions)]
+            results[f"score_{path}_S{shards}"] = {
+                "examples_per_s": len(rows) / score_s, "seconds": score_s, "examples": len(rows),
+                "eval_examples_per_s": len(completions) / eval_s, "eval_seconds": eval_s,
+                "eval_examples": len(completions), "accuracy": sum(correct) / max(1, len(correct)),
+                "start_seconds": start_s, "adapter_load_seconds": sync_s}
+            print(f"scoring {path} S={shards}: {len(rows) / score_s:.2f} examples/s ({len(rows)} in "
+                  f"{score_s:.1f} s); evaluation {len(completions) / eval_s:.2f} examples/s; "
+                  f"start {start_s:.1f} s", flush=True)
+
+        def same(x, y) -> dict:
+            (rx, cx), (ry, cy) = outs[x], outs[y]
+            return {"same_answers": [r["answer_text"] for r in rx] == [r["answer_text"] for r in ry],
+                    "same_completions": cx == cy,
+                    "max_abs_loss_diff": max((abs(p["loss"] - q["loss"]) for p, q in zip(rx, ry)
+                                              if "loss" in p), default=None)}
+
+        if ("hf", 2) in outs:
+            results["score_S2_equals_S1"] = same(("hf", 1), ("hf", 2))
+        if ("vllm", 1) in outs:
+            h, v = results["score_hf_S1"], results["score_vllm_S1"]
+            results["vllm_vs_hf"] = {
+                **same(("hf", 1), ("vllm", 1)),
+                "score_ratio": v["examples_per_s"] / h["examples_per_s"],
+                "eval_ratio": v["eval_examples_per_s"] / h["eval_examples_per_s"],
+                "score_and_eval_ratio": (h["seconds"] + h["eval_seconds"])
+                / (v["seconds"] + v["eval_seconds"])}
+            print(f"vLLM / HF: scoring x{results['vllm_vs_hf']['score_ratio']:.2f}, evaluation "
+                  f"x{results['vllm_vs_hf']['eval_ratio']:.2f}, same answers "
+                  f"{results['vllm_vs_hf']['same_answers']}", flush=True)
         results["sync"] = {"adapter_bytes": adapter_bytes, "full_weight_bytes": full_bytes,
                            "ratio": adapter_bytes / full_bytes}
         print(f"sync: adapter {adapter_bytes / 2**20:.2f} MiB vs full weights "

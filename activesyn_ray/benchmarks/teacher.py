@@ -1,8 +1,8 @@
 """Teacher throughput: generated tokens/s of the vLLM pool with 1 and 2 replicas and of the HF
 `generate` engine, on the same model and the same prompts, in one run.
 
-    python benchmarks/bench_teacher.py --model tiny:ctx=2048 --prompts 8 --max-new-tokens 32   # quick
-    python benchmarks/bench_teacher.py --out runs/bench_teacher.json        # smollm2-135m, defaults
+    python -m activesyn_ray.benchmarks.teacher --model tiny:ctx=2048 --prompts 8 --max-new-tokens 32
+    python -m activesyn_ray.benchmarks.teacher --out runs/bench_teacher.json   # smollm2-135m
 
 Each configuration is a real TeacherPool (Ray actors, the dispatcher, the ledger) started on its own
 and shut down before the next, so they do not compete for cores. Prompts are the packaged generate
@@ -47,6 +47,8 @@ def bench_one(*, engine: str, replicas: int, args, task, seeds) -> dict:
         t0 = time.perf_counter()
         recs = pool.generate(seeds, iteration=0)
         gen_s = time.perf_counter() - t0
+        rss = max(r["peak_rss_bytes"] for r in ray.get([a.peak_rss.remote()
+                                                         for a in pool.backend.actors]))
     finally:
         pool.shutdown()
     tokens = sum(r["completion_tokens"] for r in recs)
@@ -54,7 +56,8 @@ def bench_one(*, engine: str, replicas: int, args, task, seeds) -> dict:
             "requests": len(recs), "completion_tokens": tokens,
             "prompt_tokens": sum(r["prompt_tokens"] for r in recs),
             "parsed": sum(r["parsed"] for r in recs), "start_s": round(start_s, 1),
-            "gen_s": round(gen_s, 2), "tokens_per_s": round(tokens / gen_s, 1)}
+            "gen_s": round(gen_s, 2), "tokens_per_s": round(tokens / gen_s, 1),
+            "replica_peak_rss_bytes": rss}
 
 
 def main(argv=None) -> int:

@@ -1,0 +1,496 @@
+"""Fitting the ecosystem: hub models, worker environment, tracking, export, storage, status, HF data."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from test_jobs import ray_head  # noqa: F401 -- fixture: a real local head, stopped afterwards
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _py(code: str, env: dict, cwd: Path = ROOT) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-c", code], env=env, cwd=cwd, capture_output=True,
+                          text=True, timeout=120)
+
+
+# ------------------------------------------------------------------------------------------ models
+def test_hub_id_offline_and_not_cached_fails_with_one_line(tmp_path):
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "HUGGINGFACE_"))}
+    env.update(HF_HUB_OFFLINE="1", HF_HOME=str(tmp_path / "hf"), PYTHONPATH=str(ROOT))
+    res = _py("from activesyn_ray.models import resolve_model\n"
+              "try:\n    resolve_model('Qwen/Qwen2.5-0.5B-Instruct')\n"
+              "except FileNotFoundError as e:\n    print(e)\n", env)
+    assert res.returncode == 0, res.stderr
+    lines = res.stdout.strip().splitlines()
+    assert len(lines) == 1, res.stdout
+    assert "'Qwen/Qwen2.5-0.5B-Instruct'" in lines[0] and "HF_HUB_OFFLINE" in lines[0]
+    assert str(tmp_path / "hf") in lines[0]  # names the cache it looked in
+
+
+def test_hub_id_found_in_cache_offline(tmp_path, monkeypatch):
+    """A cached snapshot (laid out as huggingface_hub does) resolves offline, with no download."""
+    from activesyn_ray.models import resolve_model
+
+    cache = tmp_path / "hub"
+    snap = cache / "models--org--tiny" / "snapshots" / ("a" * 40)
+    snap.mkdir(parents=True)
+    (snap / "config.json").write_text("{}")
+    (cache / "models--org--tiny" / "refs").mkdir()
+    (cache / "models--org--tiny" / "refs" / "main").write_text("a" * 40)
+    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    assert resolve_model("org/tiny") == snap
+
+
+def test_worker_env_passes_hf_settings_but_no_secrets(monkeypatch):
+    from activesyn_ray.config import load_config
+    from activesyn_ray.runtime import worker_env
+
+    monkeypatch.setenv("HF_HOME", "/data/hf")
+    monkeypatch.setenv("HF_ENDPOINT", "https://mirror.example")
+    monkeypatch.setenv("HF_TOKEN", "hf_secret")
+    monkeypatch.setenv("HUGGING_FACE_HUB_TOKEN", "hf_secret2")
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-secret")
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    env = worker_env(load_config(None, ["resources.model_cache=/models"]).resources)
+    assert env["HF_HOME"] == "/data/hf" and env["HF_ENDPOINT"] == "https://mirror.example"
+    assert env["HF_HUB_CACHE"] == "/models"
+    assert "HF_HUB_OFFLINE" not in env  # never forced offline when the user did not ask
+    assert not any("secret" in v for v in env.values()), env
+
+
+# ---------------------------------------------------------------------------------------- tracking
+def test_tensorboard_events_hold_the_accuracy_curve(tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from activesyn_ray.config import load_config
+    from activesyn_ray.tracking import Trackers
+
+    cfg = load_config(None)
+    rows = [{"iteration": i, "samples": 8 * i, "accuracy": acc, "teacher_tokens": 100 * i,
+             "train_loss_last": 2.0 / i, "accuracy_by_stratum": {"easy": acc + 0.1, "hard": acc - 0.1},
+             "selected_by_stratum": {"easy": 3, "hard": 5}, "phase_s": {"train": 1.5, "eval": 0.5},
+             "val_accuracy": None}
+            for i, acc in [(1, 0.2), (2, 0.35), (3, 0.5)]]
+    from activesyn_ray.tracking import close_trackers, track
+
+    tr = Trackers(cfg, tmp_path)
+    for r in rows[:2]:
+        tr.log(r)
+    tr.close()
+    track(cfg, tmp_path, rows[2])  # a resumed run, through the coordinator's one-line hook
+    close_trackers(tmp_path)
+    ea = EventAccumulator(str(tmp_path / "tensorboard")).Reload()
+    curve = [(e.step, round(e.value, 6)) for e in ea.Scalars("accuracy/overall")]
+    assert curve == [(8, 0.2), (16, 0.35), (24, 0.5)]
+    assert [round(e.value, 6) for e in ea.Scalars("accuracy/hard")] == [0.1, 0.25, 0.4]
+    assert {"selection/easy", "time/phase/train", "budget/teacher_tokens",
+            "loss/train_last_epoch"} <= set(ea.Tags()["scalars"])
+    assert "accuracy/val" not in ea.Tags()["scalars"]  # None (no validation split) is not logged
+
+
+def test_named_tracker_not_installed_fails_clearly():
+    import importlib.util
+
+    from activesyn_ray.tracking import check_trackers
+
+    missing = [n for n in ("wandb", "mlflow") if importlib.util.find_spec(n) is None]
+    if not missing:
+        pytest.skip("wandb and mlflow are both installed")
+    with pytest.raises(ValueError, match=f"output.trackers: '{missing[0]}' is named but not installed"):
+        check_trackers(["tensorboard", missing[0]])
+
+
+# ------------------------------------------------------------------------------------------ export
+def _fake_run(root: Path, *, model: str = "tiny") -> Path:
+    """A finished run directory as the coordinator leaves it (config, splits, synthetic, scores)."""
+    from activesyn_ray import runstore
+    from activesyn_ray.config import dump_config, load_config
+
+    cfg = load_config(None, [f"student.model={model}", "selection.strategy=loss"])
+    store = runstore.RunStore(root / "run").create(dump_config(cfg))
+    store.save_state({"phase": "done", "iteration": 2, "done": True, "n_seeds": 2, "n_test": 1})
+    runstore.write_jsonl(store.path(runstore.SEEDS), [
+        {"id": "s1", "question": "1+1=?", "answer": "2", "meta": {"level": 0}},
+        {"id": "s2", "question": "2+5=?", "answer": "7", "meta": {"stratum": "hard"}}])
+    syn = [{"request_id": "gen-1-s1", "seed_id": "s1", "iteration": 1, "engine": "hf",
+            "model": "smollm2-135m", "prompt_tokens": 40, "completion_tokens": 12, "parsed": True,
+            "seed_score": 1.5, "seed_index": 0,
+            "example": {"id": "gen-1-s1", "question": "3+4=?", "answer": "7", "solution": "3+4 is 7",
+                        "meta": {"seed_id": "s1", "iteration": 1, "teacher": "hf"}}},
+           {"request_id": "gen-2-s2", "seed_id": "s2", "iteration": 2, "engine": "hf",
+            "model": "smollm2-135m", "prompt_tokens": 41, "completion_tokens": 30, "parsed": False,
+            "seed_score": 0.5, "seed_index": 1, "example": None, "raw": "I cannot"}]
+    store.append(runstore.SYNTHETIC, syn)
+    store.append(runstore.SCORES, [{"iteration": 1, "request_id": "gen-1-s1", "seed_score": 1.5,
+                                    "sample_score": 0.9, "kind": "synthetic", "stratum": "0"}])
+    return store.root
+
+
+def test_export_round_trips_through_load_from_disk(tmp_path):
+    import datasets
+    import pyarrow.parquet as pq
+
+    from activesyn_ray.export import export_dataset, synthetic_rows
+
+    run = _fake_run(tmp_path)
+    res = export_dataset(run, tmp_path / "out")
+    rows = synthetic_rows(run)
+    loaded = datasets.load_from_disk(str(res["dataset"]))
+    assert loaded.to_list() == rows
+    assert pq.read_table(res["parquet"]).to_pylist() == rows
+    first, second = rows
+    assert (first["seed_id"], first["iteration"], first["seed_score"], first["sample_score"],
+            first["teacher"], first["prompt_tokens"], first["stratum"], first["strategy"]) == \
+        ("s1", 1, 1.5, 0.9, "hf", 40, "0", "loss")
+    assert second["parsed"] is False and second["question"] is None and second["stratum"] == "hard"
+
+
+def test_merged_model_answers_like_base_plus_adapter(tmp_path):
+    import torch
+    from peft import LoraConfig, PeftModel, get_peft_model
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from activesyn_ray.export import merge_model
+    from activesyn_ray.models import resolve_model
+
+    torch.manual_seed(0)
+    run = _fake_run(tmp_path)
+    base_dir = resolve_model("tiny")
+    # an adapter with non-zero B (a fresh LoRA is a no-op), saved where the coordinator saves it
+    peft = get_peft_model(AutoModelForCausalLM.from_pretrained(base_dir),
+                          LoraConfig(r=4, lora_alpha=8, target_modules="all-linear",
+                                     init_lora_weights=False))
+    peft.save_pretrained(run / "checkpoints" / "final")
+    merged_dir = merge_model(run, tmp_path / "out")
+
+    tok = AutoTokenizer.from_pretrained(merged_dir)
+    merged = AutoModelForCausalLM.from_pretrained(merged_dir).eval()
+    ref = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base_dir),
+                                    run / "checkpoints" / "final").eval()
+    base = AutoModelForCausalLM.from_pretrained(base_dir).eval()
+    batch = tok(["Q: 12+7=?\nA:", "Q: 3*4=?\nA:"], return_tensors="pt", padding=True)
+    gen = dict(max_new_tokens=12, do_sample=False, pad_token_id=tok.pad_token_id)
+    with torch.no_grad():
+        out_merged = merged.generate(**batch, **gen)
+        out_ref = ref.generate(**batch, **gen)
+        out_base = base.generate(**batch, **gen)
+    assert torch.equal(out_merged, out_ref)
+    assert not torch.equal(out_merged, out_base)  # the adapter did change the answers
+
+
+# ----------------------------------------------------------------------------------------- console
+CHATTER = ("Loading weights", "Writing model shards", "real_accelerator", "Token authentication",
+           "Started a local Ray", "repeated", "WARNING", "autoscaler")
+
+
+@pytest.mark.slow
+def test_console_is_one_bar_and_one_line_per_iteration(tmp_path):
+    """A two-round quickstart: the console holds the run directory, the progress bar, one line
+    per iteration and the result; library output is in RUN/run.log."""
+    run_dir = tmp_path / "run"
+    sets = ["budget.samples=8", "selection.k=4", "task.seed_size=8", "task.test_size=4",
+            "student.epochs=1", "output.plots=false"]
+    env = dict(os.environ, PYTHONPATH=str(ROOT), PYTHONUNBUFFERED="1")
+    res = subprocess.run([sys.executable, "-m", "activesyn_ray.cli", "run", "jobs/quickstart.yaml",
+                          "--run-dir", str(run_dir), *sum((["--set", s] for s in sets), [])],
+                         env=env, cwd=ROOT, capture_output=True, text=True, timeout=900)
+    out = res.stdout + res.stderr
+    assert res.returncode == 0, out[-3000:]
+    # the progress bar redraws in place on a terminal; into a pipe each redraw is a line of its own
+    lines = [ln.split("\r")[-1] for ln in out.split("\n") if ln.strip()]
+    text = [ln for ln in lines if "synthetic samples:" not in ln]
+    from activesyn_ray import runstore
+
+    metrics = runstore.RunStore(run_dir).read(runstore.METRICS)  # (a baseline row, then one per round)
+    assert len(lines) > len(text), out  # the bar is there
+    assert len([ln for ln in text if "[activesyn] iteration" in ln]) == len(metrics), out
+    assert not [ln for ln in lines if any(c in ln for c in CHATTER)], out
+    assert len(text) == 4 + len(metrics), out  # run dir, run.log, iterations, run dir, result
+    log = (run_dir / "run.log").read_text()
+    assert "Started a local Ray" in log and "TrainerWorker" in log
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(run_dir / "tensorboard")).Reload().Scalars("accuracy/overall")
+    # the run's accuracy curve, against samples spent
+    assert [(e.step, round(e.value, 6)) for e in acc] == \
+        [(m["samples"], round(m["accuracy"], 6)) for m in metrics]
+
+
+@pytest.mark.slow
+def test_ray_job_with_relative_root_lands_in_a_persistent_folder(ray_head, tmp_path):
+    """`ray job submit --working-dir .` with the default relative output.root: the run directory
+    must not be inside Ray's temporary copy of the working dir."""
+    import json
+    import re
+
+    home_runs = tmp_path / "home-runs"
+    bin_dir = Path(sys.executable).parent
+    sets = ["budget.samples=4", "selection.k=4", "task.seed_size=8", "task.test_size=4",
+            "student.epochs=1", "output.plots=false"]
+    cmd = [str(bin_dir / "ray"), "job", "submit", "--address", ray_head["dashboard"],
+           "--working-dir", str(ROOT),
+           "--runtime-env-json", json.dumps({"env_vars": {"ACTIVESYN_RUNS": str(home_runs)}}), "--",
+           "python", "-m", "activesyn_ray.jobs.run", "jobs/quickstart.yaml",
+           *sum((["--set", s] for s in sets), [])]
+    deadline = time.time() + 120
+    while True:  # right after `ray start` the job agent may not be up yet
+        proc = subprocess.run(cmd, env=ray_head["env"], capture_output=True, text=True, timeout=900)
+        log = proc.stdout + proc.stderr
+        if "No available agent to submit job" not in log or time.time() > deadline:
+            break
+        time.sleep(3)
+    assert proc.returncode == 0, log[-4000:]
+    runs = list((home_runs / "runs").glob("quickstart-*"))
+    assert len(runs) == 1, log[-4000:]
+    assert f"using {home_runs / 'runs'}" in log
+    assert re.search(rf"run directory: {re.escape(str(runs[0]))}", log)
+    assert json.loads((runs[0] / "state.json").read_text())["done"]
+    assert "runtime_resources" not in str(runs[0])
+
+
+# ----------------------------------------------------------------------------------------- storage
+def test_run_dir_synced_to_a_file_uri_and_read_back(tmp_path, monkeypatch):
+    """output.root as a URI: the run works in a local copy, every state save uploads what changed,
+    and status/export read the run back from the URI alone (a second folder = remote storage)."""
+    from activesyn_ray import runstore, storage
+    from activesyn_ray.config import load_config
+    from activesyn_ray.run_setup import new_run
+    from activesyn_ray.status import run_status
+
+    monkeypatch.setenv("ACTIVESYN_CACHE", str(tmp_path / "cache"))
+    remote = tmp_path / "bucket"
+    cfg = load_config(ROOT / "jobs" / "quickstart.yaml",
+                      [f"output.root=file://{remote}", "task.seed_size=8", "task.test_size=4"])
+    local, uri, note = storage.plan_run_dir(cfg)
+    assert uri.startswith(f"file://{remote}/quickstart-") and note is None
+    assert str(local).startswith(str(tmp_path / "cache" / "runs"))
+    store = new_run(cfg, local)
+    storage.attach(store.root, uri)
+    name = uri.rsplit("/", 1)[-1]
+    assert (remote / name / "seeds.jsonl").read_text() == store.path("seeds.jsonl").read_text()
+
+    # a step: a metrics row, then the state save that completes it
+    store.append(runstore.METRICS, [{"iteration": 1, "samples": 96, "accuracy": 0.25, "wall_s": 30.0}])
+    state = store.load_state()
+    state["ledger"]["samples"] = 96
+    store.save_state(dict(state, iteration=1, phase="evaluated", n_metrics=1))
+    assert runstore.RunStore(remote / name).read(runstore.METRICS)[0]["accuracy"] == 0.25
+    assert storage.sync_up(store.root) == 0  # nothing changed since: nothing uploaded
+
+    # another machine: only the URI
+    monkeypatch.setenv("ACTIVESYN_CACHE", str(tmp_path / "other-machine"))
+    fetched = storage.local_run(uri)
+    assert fetched != store.root and storage.remote_of(fetched) == uri
+    st = run_status(fetched)
+    assert (st["iteration"], st["samples"], st["samples_total"], st["accuracy"]) == (1, 96, 768, 0.25)
+    assert st["iterations_left"] == 7 and st["eta_s"] == 7 * 30.0
+
+
+def test_cli_status_and_export_take_a_uri(tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from activesyn_ray import storage
+    from activesyn_ray.cli import app
+
+    monkeypatch.setenv("ACTIVESYN_CACHE", str(tmp_path / "cache"))
+    run = _fake_run(tmp_path)
+    remote = tmp_path / "bucket" / "run1"
+    storage.attach(run, f"file://{remote}")
+    res = CliRunner().invoke(app, ["status", f"file://{remote}"])
+    assert res.exit_code == 0, res.output
+    assert "iteration 2" in res.output and "done" in res.output
+    res = CliRunner().invoke(app, ["export", f"file://{remote}", "--out", str(tmp_path / "exp")])
+    assert res.exit_code == 0, res.output
+    assert (tmp_path / "exp" / "synthetic.parquet").exists()
+    res = CliRunner().invoke(app, ["status", f"file://{tmp_path}/nothing-here"])
+    assert res.exit_code == 2 and "not a run directory" in res.output
+
+
+def test_relative_root_under_ray_job_goes_to_a_persistent_folder(tmp_path, monkeypatch):
+    from activesyn_ray import storage
+    from activesyn_ray.config import load_config
+
+    job_wd = tmp_path / "session_x" / "runtime_resources" / "working_dir_files" / "_ray_pkg_abc"
+    job_wd.mkdir(parents=True)
+    monkeypatch.chdir(job_wd)
+    monkeypatch.setenv("RAY_JOB_CONFIG_JSON_ENV_VAR", "{}")
+    monkeypatch.setenv("ACTIVESYN_RUNS", str(tmp_path / "home-runs"))
+    local, uri, note = storage.plan_run_dir(load_config(None, ["name=q"]))
+    assert uri is None and local.parent == tmp_path / "home-runs" / "runs"
+    assert "ray job submit" in note and str(tmp_path / "home-runs") in note
+    absolute = tmp_path / "mine"
+    assert storage.plan_run_dir(load_config(None), str(absolute))[0] == absolute  # chosen: kept
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("RAY_JOB_CONFIG_JSON_ENV_VAR")
+    assert storage.plan_run_dir(load_config(None, ["name=q"]))[0].parent == Path("runs")
+
+
+# ------------------------------------------------------------------------------------- task.kind hf
+def _hf_folder(tmp_path: Path, bad: bool = False) -> Path:
+    import datasets
+
+    def rows(n, off):
+        return [{"problem": f"What is {i} + {off}?", "solution": f"{i} plus {off}.\n#### {i + off}",
+                 "difficulty": "easy" if i % 2 else "hard"} for i in range(n)]
+    train = rows(12, 100)
+    if bad:
+        train[4]["solution"] = "no final answer here"
+    folder = tmp_path / "myset"
+    datasets.DatasetDict({"train": datasets.Dataset.from_list(train),
+                          "validation": datasets.Dataset.from_list(rows(6, 200))}).save_to_disk(str(folder))
+    return folder
+
+
+def _hf_cfg(folder: Path, *extra: str):
+    from activesyn_ray.config import load_config
+
+    return load_config(None, ["task.kind=hf", f"task.hf.dataset={folder}", "task.hf.test_split=validation",
+                              "task.hf.question_field=problem", "task.hf.answer_field=solution",
+                              "task.hf.stratum_field=difficulty", "task.seed_size=10",
+                              "task.test_size=5", "teacher.engine=hf", *extra])
+
+
+def test_hf_task_reads_a_local_datasets_folder_with_a_field_mapping(tmp_path):
+    from activesyn_ray.tasks import build_task, stratum
+
+    task = build_task(_hf_cfg(_hf_folder(tmp_path)).task, seed=0)
+    seeds, test = task.splits()
+    assert len(seeds) == 10 and len(test) == 5
+    ex = next(e for e in seeds if e.question == "What is 3 + 100?")
+    assert (ex.answer, ex.solution, stratum(ex), ex.id) == ("103", "3 plus 100.", "easy", "train-4")
+    assert all("+ 200" in e.question for e in test)
+    assert task.check(ex, "103") and not task.check(ex, "104")
+    again, _ = build_task(_hf_cfg(_hf_folder(tmp_path / "b")).task, seed=0).splits()
+    assert [e.id for e in again] == [e.id for e in seeds]  # deterministic in the seed
+
+
+def test_hf_task_bad_row_named_by_row_number(tmp_path):
+    from activesyn_ray.tasks import build_task
+    from activesyn_ray.tasks.files import BadRow
+
+    folder = _hf_folder(tmp_path, bad=True)
+    with pytest.raises(BadRow, match=r"myset\[train\] row 5: field 'solution' does not match"):
+        build_task(_hf_cfg(folder).task, seed=0).splits()
+    task = build_task(_hf_cfg(folder, "task.on_bad_row=skip", "task.seed_size=6").task, seed=0)
+    seeds, _ = task.splits()
+    assert len(seeds) == 6 and len(task.skipped) == 1
+    with pytest.raises(ValueError, match="has no split 'dev'; it has train, validation"):
+        build_task(_hf_cfg(folder, "task.hf.test_split=dev", "task.on_bad_row=skip").task, seed=0).splits()
+
+
+def test_hf_task_dry_run_writes_the_splits(tmp_path):
+    """The CLI end to end up to the first actor: config + dataset validated, splits written."""
+    from typer.testing import CliRunner
+
+    from activesyn_ray import runstore
+    from activesyn_ray.cli import app
+
+    folder = _hf_folder(tmp_path)
+    sets = ["task.kind=hf", f"task.hf.dataset={folder}", "task.hf.test_split=null",
+            "task.hf.question_field=problem", "task.hf.answer_field=solution",
+            "task.seed_size=8", "task.test_size=4", "teacher.engine=hf"]
+    res = CliRunner().invoke(app, ["run", str(ROOT / "jobs" / "quickstart.yaml"), "--dry-run",
+                                   "--run-dir", str(tmp_path / "run"),
+                                   *sum((["--set", s] for s in sets), [])])
+    assert res.exit_code == 0, res.output
+    store = runstore.RunStore(tmp_path / "run")
+    assert len(store.read(runstore.SEEDS)) == 8 and len(store.read(runstore.TEST)) == 4
+    assert store.load_state()["task"] == f"hf:{folder}"
+
+
+# ------------------------------------------------------------------------------------------ config
+def test_every_config_field_has_a_meaning():
+    from activesyn_ray.config import reference_markdown
+
+    rows = [ln for ln in reference_markdown().splitlines() if ln.startswith("| `")]
+    empty = [ln.split("|")[1].strip() for ln in rows if not ln.rstrip(" |").split("|")[-1].strip()
+             or ln.split("|")[3].strip() == ""]
+    assert rows and not empty, f"fields without a docstring: {empty}"
+
+
+def test_teacher_count_has_one_source_and_eval_every_is_gone(tmp_path):
+    from activesyn_ray.config import ConfigError, load_config
+
+    with pytest.raises(ConfigError, match=r"resources.teacher.num_workers: .*teacher.replicas \(2\)"):
+        load_config(None, ["teacher.replicas=2", "resources.teacher.num_workers=3"])
+    assert load_config(None, ["teacher.replicas=2", "resources.teacher.num_workers=2"])
+    old = tmp_path / "config.yaml"  # a run snapshot from before eval_every was removed
+    old.write_text("name: old\neval_every: 1\n")
+    assert load_config(old).name == "old"
+    with pytest.raises(ConfigError, match="eval_every: no longer a setting"):
+        load_config(None, ["eval_every=5"])
+
+
+def _run_quickstart(run_dir, sets):
+    """`activesyn run jobs/quickstart.yaml` with overrides, in a subprocess; returns the finished run
+    (4 synthetic samples: every caller asks for budget.samples=4)."""
+    from activesyn_ray import runstore
+
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    res = subprocess.run([sys.executable, "-m", "activesyn_ray.cli", "run", "jobs/quickstart.yaml",
+                          "--run-dir", str(run_dir), *sum((["--set", s] for s in sets), [])],
+                         env=env, cwd=ROOT, capture_output=True, text=True, timeout=900)
+    assert res.returncode == 0, (res.stdout + res.stderr)[-3000:]
+    store = runstore.RunStore(run_dir)
+    assert store.load_state()["done"] and len(store.read(runstore.SYNTHETIC)) == 4
+    return store
+
+
+@pytest.mark.slow
+def test_hf_dataset_run_end_to_end(tmp_path):
+    """task.kind: hf from a local datasets folder through the whole loop (tiny hf-engine teacher:
+    its samples rarely parse, which the loop must survive), then export."""
+    import datasets
+
+    from activesyn_ray import runstore
+
+    folder = _hf_folder(tmp_path)
+    run_dir = tmp_path / "run"
+    sets = ["task.kind=hf", f"task.hf.dataset={folder}", "task.hf.test_split=validation",
+            "task.hf.question_field=problem", "task.hf.answer_field=solution",
+            "task.hf.stratum_field=difficulty", "task.seed_size=8", "task.test_size=4",
+            "teacher.engine=hf", "teacher.model=tiny", "teacher.max_new_tokens=16",
+            "budget.samples=4", "selection.k=4", "student.epochs=1", "output.plots=false"]
+    store = _run_quickstart(run_dir, sets)
+    assert store.read(runstore.METRICS)[-1]["n_test"] == 4
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    res = subprocess.run([sys.executable, "-m", "activesyn_ray.cli", "export", str(run_dir)],
+                         env=env, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-2000:]
+    rows = datasets.load_from_disk(str(run_dir / "export" / "dataset")).to_list()
+    assert len(rows) == 4 and {r["stratum"] for r in rows} <= {"easy", "hard"}
+
+
+@pytest.mark.slow
+def test_seed_and_test_jsonl_files_run_end_to_end(tmp_path):
+    """task.kind: jsonl with a seed file and a test file (GSM8K style, with a stratum field) through
+    the whole loop; per-stratum accuracy comes from the file's field."""
+    import json
+
+    from activesyn_ray import runstore
+
+    def rows(lo, hi):
+        return "".join(json.dumps({"question": f"What is {i} + 1?", "answer": f"#### {i + 1}",
+                                   "stratum": "small" if i % 2 else "large"}) + "\n"
+                       for i in range(lo, hi))
+
+    (tmp_path / "seed.jsonl").write_text(rows(0, 12))
+    (tmp_path / "test.jsonl").write_text(rows(100, 106))
+    run_dir = tmp_path / "run"
+    sets = ["task.kind=jsonl", f"task.seed_path={tmp_path / 'seed.jsonl'}",
+            f"task.test_path={tmp_path / 'test.jsonl'}", "task.seed_size=12",
+            "task.test_size=6", "teacher.engine=hf", "teacher.model=tiny",
+            "teacher.max_new_tokens=16", "budget.samples=4", "selection.k=4", "student.epochs=1",
+            "output.plots=false"]
+    store = _run_quickstart(run_dir, sets)
+    assert {e["question"] for e in store.read(runstore.TEST)} == \
+        {f"What is {i} + 1?" for i in range(100, 106)}
+    last = store.read(runstore.METRICS)[-1]
+    assert last["n_test_by_stratum"] == {"large": 3, "small": 3}

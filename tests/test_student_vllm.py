@@ -1,0 +1,162 @@
+"""The student's vLLM scorer path (student.inference: vllm) against the HF path, on the same LoRA
+adapters: a tiny Llama first fully finetuned a little (so its frozen output layer can express
+confident answers; a random tiny model's cannot), then two LoRA adapters trained in-process on top
+of it -- A on the right answers, B on the constant answer 7 -- strong enough to change the answers.
+
+    ACTIVESYN_CACHE=/tmp/asr_cache pytest tests/test_student_vllm.py      # ~2-3 min on 2 cores
+
+Tolerance: vLLM's `loss` (mean NLL of its own greedy answer, from its sampled-token logprobs) is
+compared with the HF teacher-forced value at abs 1e-5 (fp32 both, different kernels; measured
+max difference 1.8e-7).
+"""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import pytest
+import torch
+
+from activesyn_ray.config import ActorResources, config_from_dict
+from activesyn_ray.tasks import build_task
+
+pytest.importorskip("vllm")
+
+LEVEL = {"min_terms": 2, "max_terms": 2, "min_digits": 1, "max_digits": 1, "operators": ["+", "-"],
+         "allow_parentheses": False, "allow_negation": False}
+LOSS_TOL = 1e-5  # measured max 1.8e-7 (fp32)
+
+
+def make_cfg(model: str, inference: str):
+    return config_from_dict({
+        "seed": 0,
+        "task": {"kind": "gym", "name": "basic_arithmetic", "levels": [LEVEL], "seed_size": 64,
+                 "test_size": 16},
+        "student": {"model": model, "max_seq_len": 64, "max_new_tokens": 8, "inference": inference,
+                    "vllm": {"max_model_len": 256}},
+        "selection": {"strategy": "loss"},
+    })
+
+
+def _fit(model, tok, examples, target, *, steps: int, lr: float) -> None:
+    from activesyn_ray.student.data import collate, encode, per_example_nll
+
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr)
+    feats = [encode(tok, {"question": e.question, "target": target(e)}, 64) for e in examples]
+    for s in range(steps):
+        batch = collate([feats[(s * 16 + i) % len(feats)] for i in range(16)], tok.pad_token_id)
+        labels = batch.pop("labels")
+        per_example_nll(model(**batch).logits, labels).mean().backward()
+        opt.step()
+        opt.zero_grad()
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    """(cfg for the base folder, task, seeds, test, adapter A, adapter B)."""
+    from peft import get_peft_model, get_peft_model_state_dict
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from activesyn_ray.models import resolve_model
+    from activesyn_ray.student.trainer import peft_lora_config
+
+    torch.set_num_threads(1)
+    task = build_task(make_cfg("tiny", "hf").task, seed=0)
+    seeds, test = task.splits()
+    tok = AutoTokenizer.from_pretrained(resolve_model("tiny"))
+    base = AutoModelForCausalLM.from_pretrained(resolve_model("tiny"))
+    torch.manual_seed(0)
+    _fit(base, tok, seeds, task.target, steps=150, lr=1e-2)
+    folder = tmp_path_factory.mktemp("models") / "tiny-pretrained"
+    base.save_pretrained(folder)
+    tok.save_pretrained(folder)
+    cfg = make_cfg(str(folder), "vllm")
+    adapters = []
+    for target, steps in ((task.target, 100), (lambda e: " #### 7", 40)):
+        torch.manual_seed(0)
+        model = get_peft_model(copy.deepcopy(base), peft_lora_config(cfg.student.lora))
+        _fit(model, tok, seeds, target, steps=steps, lr=1e-2)
+        adapters.append({k: v.detach().clone() for k, v in get_peft_model_state_dict(model).items()})
+    return cfg, task, seeds, test, adapters[0], adapters[1]
+
+
+@pytest.fixture(scope="module")
+def scorers(setup):
+    """A 2-shard vLLM scorer group and a 1-shard HF scorer group on the same base."""
+    ray = pytest.importorskip("ray")
+    from activesyn_ray.actors import ActorGroup
+    from activesyn_ray.runtime import worker_env
+    from activesyn_ray.student.scoring import ScorerWorker
+
+    cfg, *_ = setup
+    ray.init(address="local", num_cpus=4, include_dashboard=False,
+             runtime_env={"env_vars": worker_env()}, log_to_driver=False)
+    groups = {}
+    try:
+        for name, inference, n in (("vllm", "vllm", 2), ("hf", "hf", 1)):
+            c = cfg.model_copy(deep=True)
+            c.student.inference = inference
+            groups[name] = ActorGroup(ScorerWorker, name=f"scorer-{name}",
+                                      resources=ActorResources(num_workers=n, num_cpus=1),
+                                      init_kwargs=dict(cfg=c, batch_size=16))
+        ray.get([a.paths.remote() for g in groups.values() for a in g.actors])  # started
+        yield groups
+    finally:
+        for g in groups.values():
+            g.shutdown()
+        ray.shutdown()
+
+
+def _items(task, examples):
+    return [{"question": e.question, "answer": task.target(e)} for e in examples]
+
+
+def _load(ray, group, state):
+    ray.get(group.call("load_adapter", None if state is None else ray.put(state)))
+
+
+@pytest.mark.slow
+def test_vllm_scoring_equals_hf_and_each_new_adapter_is_used(setup, scorers):
+    import ray
+
+    cfg, task, seeds, test, adapter_a, adapter_b = setup
+    vllm, hf = scorers["vllm"], scorers["hf"]
+    items, q = _items(task, seeds[:24]), [{"question": e.question} for e in test]
+    needs = ["loss", "loss_gt"]
+    # needs={"loss"} on the vLLM path: vLLM's own logprobs, the HF model is never loaded
+    vllm.gather_sharded("score", items[:4], needs=["loss"])
+    assert ray.get(vllm.actors[0].paths.remote()) == ["vllm"]
+    answers, accuracy = {}, {}
+    for name, state in (("base", None), ("A", adapter_a), ("B", adapter_b)):
+        _load(ray, vllm, state)
+        _load(ray, hf, state)
+        v, h = vllm.gather_sharded("score", items, needs=needs), hf.gather_sharded("score", items, needs=needs)
+        assert [r["answer_text"] for r in v] == [r["answer_text"] for r in h], name
+        np.testing.assert_allclose([r["loss"] for r in v], [r["loss"] for r in h], atol=LOSS_TOL,
+                                   rtol=0, err_msg=f"{name}: loss")
+        print(f"{name}: max |loss vllm - loss hf| = "
+              f"{max(abs(x['loss'] - y['loss']) for x, y in zip(v, h)):.2e}")
+        # loss_gt is routed to the HF path inside the vLLM shard on CPU: the same numbers
+        np.testing.assert_allclose([r["loss_gt"] for r in v], [r["loss_gt"] for r in h], atol=1e-5,
+                                   rtol=0, err_msg=f"{name}: loss_gt")
+        ev, eh = vllm.gather_sharded("generate", q), hf.gather_sharded("generate", q)
+        assert ev == eh, name
+        answers[name] = ev
+        accuracy[name] = np.mean([task.check_completion(e, c) for e, c in zip(test, ev)])
+        # sharded (2 shards) == unsharded (shard 0 alone scores everything)
+        one = ray.get(vllm.actors[0].score.remote(items, needs=["loss"]))
+        assert [r["answer_text"] for r in one] == [r["answer_text"] for r in v], name
+        np.testing.assert_allclose([r["loss"] for r in one], [r["loss"] for r in v], atol=1e-6,
+                                   rtol=0, err_msg=f"{name}: sharded loss")
+        assert ray.get(vllm.actors[0].generate.remote(q)) == ev
+    # each new adapter is really served (new LoRARequest id per load): answers and accuracy move
+    assert answers["A"] != answers["base"] and answers["B"] != answers["A"]
+    assert sum(a.strip() == "#### 7" for a in answers["B"]) > len(test) / 2, answers["B"]
+    assert accuracy["B"] != accuracy["A"], accuracy
+    # going back to an adapter already seen (a new id again) gives its answers again
+    _load(ray, vllm, adapter_a)
+    assert vllm.gather_sharded("generate", q) == answers["A"]
+    # loss_gt built the HF path next to vLLM, lazily, in each shard
+    assert ray.get(vllm.actors[0].paths.remote()) == ["hf", "vllm"]
+    assert ray.get(vllm.actors[1].paths.remote()) == ["hf", "vllm"]
