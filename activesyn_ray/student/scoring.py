@@ -184,8 +184,11 @@ class ScorerWorker:
                     r["loss"] = v
             if p.forced_own:
                 forced = self.hf.own_answer(prompts, answers, grad_embed=p.grad_embed)
+                # the pass yields loss and entropy together: keep both (free, and recorded in
+                # scores.jsonl for the rank-correlation report even when BADGE asked only for
+                # embeddings); a loss already read off the decode stays
                 for r, f in zip(rows, forced):
-                    r.update({k: v for k, v in f.items() if k in needs and k not in r})
+                    r.update({k: v for k, v in f.items() if k not in r})
             if p.reward:
                 for r, v in zip(rows, self.hf.rewards(examples, texts)):
                     r["reward"] = v

@@ -12,7 +12,8 @@ a replica that failed (the `_pick/_send/_lost` hooks):
   wherever there is room; a call that failed inside a live replica (engine error, logged with its
   cause) is retried request by request, so one bad prompt does not sink its neighbours, and that
   replica is replaced too (vLLM's in-process engine keeps a batch that raised mid-step and never
-  finishes another call: the "hangs forever" of issue 12). Each request is tried at most
+  finishes another call: the "hangs forever" of issue 12); that replica's other calls go back
+  without costing their requests an attempt (they were not at fault). Each request is tried at most
   1 + teacher.max_retries times; then it is dropped and counted (never charged). A run() in which
   no request succeeded raises TeacherError with the last cause.
 - Hangs: a replica with calls in flight that has answered none of them for
@@ -125,18 +126,21 @@ class Dispatcher:
                 return queue.popleft()
             return [pending.popleft() for _ in range(min(size, len(pending)))]
 
-        def give_back(batch: list[TeacherRequest], err: Exception, *, split: bool) -> None:
-            again = self._retryable(batch, err)
+        def give_back(batch: list[TeacherRequest], err: Exception, *, split: bool,
+                      charge: bool = True) -> None:
+            again = self._retryable(batch, err) if charge else batch
             parts = [[r] for r in again] if split else ([again] if again else [])
             queue.extendleft(reversed(parts))
 
-        def fail_key(key, generation: int, err: Exception) -> None:
-            """Every call of a dead or hung replica goes back; its late answers are never read."""
+        def fail_key(key, generation: int, err: Exception, *, charge: bool = True) -> None:
+            """Every call of a dead or hung replica goes back; its late answers are never read.
+            charge=False: the replica is retired for another call's engine error, so its other
+            calls were not at fault and cost their requests no attempt."""
             for ref in [r for r, c in inflight.items()
                         if c.key == key and c.generation == generation]:
                 call = inflight.pop(ref)
                 self._returned(call)
-                give_back(call.batch, err, split=False)
+                give_back(call.batch, err, split=False, charge=charge)
             progress.pop(key, None)
             self._lost(key, generation, err)
 
@@ -185,7 +189,7 @@ class Dispatcher:
                 give_back(call.batch, err, split=True)
                 # vLLM's in-process engine keeps a batch that raised mid-step and then never
                 # finishes another call: an engine that raised is not trusted with more work
-                fail_key(call.key, call.generation, err)
+                fail_key(call.key, call.generation, err, charge=False)
                 continue
             except ray.exceptions.RayError as err:  # died, unreachable, OOM-killed, node gone
                 last_err = err
