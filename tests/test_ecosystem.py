@@ -9,7 +9,6 @@ import time
 from pathlib import Path
 
 import pytest
-from test_jobs import ray_head  # noqa: F401 -- fixture: a real local head, stopped afterwards
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -221,38 +220,6 @@ def test_console_is_one_bar_and_one_line_per_iteration(tmp_path):
     # the run's accuracy curve, against samples spent
     assert [(e.step, round(e.value, 6)) for e in acc] == \
         [(m["samples"], round(m["accuracy"], 6)) for m in metrics]
-
-
-@pytest.mark.slow
-def test_ray_job_with_relative_root_lands_in_a_persistent_folder(ray_head, tmp_path):
-    """`ray job submit --working-dir .` with the default relative output.root: the run directory
-    must not be inside Ray's temporary copy of the working dir."""
-    import json
-    import re
-
-    home_runs = tmp_path / "home-runs"
-    bin_dir = Path(sys.executable).parent
-    sets = ["budget.samples=4", "selection.k=4", "task.seed_size=8", "task.test_size=4",
-            "student.epochs=1", "output.plots=false"]
-    cmd = [str(bin_dir / "ray"), "job", "submit", "--address", ray_head["dashboard"],
-           "--working-dir", str(ROOT),
-           "--runtime-env-json", json.dumps({"env_vars": {"ACTIVESYN_RUNS": str(home_runs)}}), "--",
-           "python", "-m", "activesyn_ray.jobs.run", "jobs/quickstart.yaml",
-           *sum((["--set", s] for s in sets), [])]
-    deadline = time.time() + 120
-    while True:  # right after `ray start` the job agent may not be up yet
-        proc = subprocess.run(cmd, env=ray_head["env"], capture_output=True, text=True, timeout=900)
-        log = proc.stdout + proc.stderr
-        if "No available agent to submit job" not in log or time.time() > deadline:
-            break
-        time.sleep(3)
-    assert proc.returncode == 0, log[-4000:]
-    runs = list((home_runs / "runs").glob("quickstart-*"))
-    assert len(runs) == 1, log[-4000:]
-    assert f"using {home_runs / 'runs'}" in log
-    assert re.search(rf"run directory: {re.escape(str(runs[0]))}", log)
-    assert json.loads((runs[0] / "state.json").read_text())["done"]
-    assert "runtime_resources" not in str(runs[0])
 
 
 # ----------------------------------------------------------------------------------------- storage

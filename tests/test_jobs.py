@@ -1,6 +1,8 @@
 """`ray job submit` as a first-class path: a real local head (loopback only), the quickstart submitted
-through the Jobs CLI, SUCCEEDED, the run directory checked, and only that head stopped."""
+through the Jobs CLI with a relative output root, SUCCEEDED, the run directory checked, and only
+that head stopped."""
 
+import json
 import os
 import re
 import signal
@@ -59,12 +61,16 @@ def ray_head():
 
 
 def test_quickstart_through_ray_job_submit(ray_head, tmp_path):
-    run_dir = tmp_path / "job-run"
+    """The quickstart submitted with `--working-dir .` and the default RELATIVE output.root: the job
+    joins this head, succeeds, and its run directory lands in a persistent folder (ACTIVESYN_RUNS),
+    never inside Ray's temporary copy of the working dir."""
+    home_runs = tmp_path / "home-runs"
     sets = ["budget.samples=8", "selection.k=4", "task.seed_size=16", "task.test_size=8",
-            "student.epochs=1"]
+            "student.epochs=1", "output.plots=false"]
     cmd = [str(BIN / "ray"), "job", "submit", "--address", ray_head["dashboard"],
-           "--working-dir", str(ROOT), "--",
-           "python", "-m", "activesyn_ray.jobs.run", "jobs/quickstart.yaml", "--run-dir", str(run_dir),
+           "--working-dir", str(ROOT),
+           "--runtime-env-json", json.dumps({"env_vars": {"ACTIVESYN_RUNS": str(home_runs)}}), "--",
+           "python", "-m", "activesyn_ray.jobs.run", "jobs/quickstart.yaml",
            *sum((["--set", s] for s in sets), [])]
     deadline = time.time() + 120
     while True:  # right after `ray start` the job agent may not be up yet: retry that one error
@@ -75,6 +81,10 @@ def test_quickstart_through_ray_job_submit(ray_head, tmp_path):
         time.sleep(3)
     assert proc.returncode == 0, log[-4000:]
     assert re.search(r"Job '\S+' succeeded", log), log[-4000:]
+    runs = list((home_runs / "runs").glob("quickstart-*"))
+    assert len(runs) == 1, log[-4000:]
+    run_dir = runs[0]
+    assert f"using {home_runs / 'runs'}" in log and "runtime_resources" not in str(run_dir)
     assert f"run directory: {run_dir}" in log and "final accuracy:" in log
     store = runstore.RunStore(run_dir)
     assert store.load_state()["done"]
