@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Copy the small, finished-run files of an experiment (no checkpoints, no re-derivable splits) into
 # the repo, so the report can be rebuilt and a later machine can resume the grid where it stopped:
-#   bash scripts/snapshot_runs.sh runs/evidence-pretrained-cpu docs/results/pretrained-cpu/runs
-#   cp -r docs/results/pretrained-cpu/runs/. runs/evidence-pretrained-cpu/   # then: activesyn experiment ...
+#   bash scripts/snapshot_runs.sh runs/evidence-pretrained-cpu docs/results/pretrained-cpu/grid
+#   cp -r docs/results/pretrained-cpu/grid/. runs/evidence-pretrained-cpu/   # then: activesyn experiment ...
 # (a restored run is `done` in its state.json, so `activesyn experiment` skips it.)
 set -euo pipefail
 src="$1"; dst="$2"
