@@ -20,6 +20,7 @@ with that smaller budget), so every strategy has points at the same budgets.
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from collections import Counter
@@ -45,6 +46,7 @@ log = logging.getLogger("activesyn")
 
 # Scalar score columns kept in scores.jsonl and compared seed-vs-synthetic in the report.
 SCALAR_SCORES = (LOSS, LOSS_GT, ENTROPY, CORRECT, REWARD, JUDGE)
+MEMORY = "memory.json"  # peak RSS per actor kind, written when the run ends
 # Needs the fused evaluate+score pass serves: scorer columns that scores.jsonl holds exactly.
 FUSABLE = frozenset({LOSS, LOSS_GT, ENTROPY, CORRECT, REWARD})
 
@@ -109,6 +111,7 @@ class Coordinator:
         pbar.close()
         close_trackers(self.store.root)
         self.student.save_adapter(str(self.store.checkpoints / "final"))
+        runstore.atomic_write_json(self.store.path(MEMORY), self.memory_report())
         self._save(state, done=True, phase=Phase.DONE)
         self._plot()
         if self.cfg.output.plots:  # the same report `activesyn report RUN_DIR` writes, for this run
@@ -494,6 +497,24 @@ class Coordinator:
 
             plot_run(self.store.root)
 
+    def memory_report(self) -> dict[str, int]:
+        """Peak resident memory (bytes) per actor kind, the largest actor of each kind, over the
+        whole run (each process's own high-water mark), for sizing num_cpus / memory per node."""
+        from activesyn_ray.devices import peak_rss_bytes
+
+        out = {"coordinator": peak_rss_bytes()}
+        student = self.student.peak_rss()
+        out["trainer rank"] = max(r["peak_rss_bytes"] for r in student["trainer"])
+        for r in student["scorer"]:  # the scorer's size depends on the paths it built
+            key = f"scorer shard ({'+'.join(r['paths'])})"
+            out[key] = max(out.get(key, 0), r["peak_rss_bytes"])
+        replicas = getattr(self.teacher.backend, "actors", None)  # none under Ray Serve
+        if replicas:
+            for r in ray.get([a.peak_rss.remote() for a in replicas]):
+                key = f"teacher replica ({r['engine']})"
+                out[key] = max(out.get(key, 0), r["peak_rss_bytes"])
+        return out
+
     def summary(self) -> dict:
         metrics = self.store.read(runstore.METRICS)
         return {"run_dir": str(self.store.root), "iterations": len(metrics),
@@ -528,6 +549,12 @@ def run_loop(run_dir: str | Path | RunStore) -> dict:
         except Exception:
             pass
         ray.kill(actor, no_restart=True)
+    memory = store.path(MEMORY)
+    if memory.exists():  # this process (the driver) joins the actors' peak RSS
+        from activesyn_ray.devices import peak_rss_bytes
+
+        report = json.loads(memory.read_text())
+        runstore.atomic_write_json(memory, {**report, "driver": peak_rss_bytes()})
     print(f"[activesyn] run directory: {summary['run_dir']}", flush=True)
     print(f"[activesyn] final accuracy: {summary['final_accuracy']}  ledger: {summary['ledger']}",
           flush=True)
