@@ -7,8 +7,8 @@
     sync      bytes per adapter broadcast vs a full-weight broadcast
     loop      share of iteration wall time outside generate/score/train/eval (orchestration overhead)
     fusion    per-iteration wall time of jobs/loop-timing-cpu.yaml (SmolLM2-135M + LoRA) with the
-              fused evaluate+score pass and overlapped score-synthetic off vs on (not in the default
-              parts: two real runs, ~10 min on 2 cores; `--parts fusion`)
+              fused evaluate+score pass and overlapped score-synthetic off vs on, alternating, 2
+              runs each, medians (not in the default parts: ~12 min on 2 cores; `--parts fusion`)
     memory    peak RSS per actor kind: trainer rank, scorer (hf), scorer (vllm), teacher replica;
               with `fusion`, also the coordinator, the driver and every actor of a real loop run
 
@@ -98,7 +98,7 @@ def run_bench(*, out: Path, teacher_model: str, student_model: str, prompts: int
     if "fusion" in parts:
         with tempfile.TemporaryDirectory(prefix="bench-") as tmp:
             path = Path(tmp) / "fusion.json"
-            _run([*_module("loop_timing"), "--out", str(path)], log)
+            _run([*_module("loop_timing"), "--repeat", "2", "--out", str(path)], log)
             results["fusion"] = json.loads(path.read_text())
     results["loadavg_1m_end"] = round(os.getloadavg()[0], 2)
     results["peak_rss_bytes"] = memory(results)

@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -89,14 +90,47 @@ def compare(before: dict, after: dict) -> dict:
             == [r["accuracy"] for r in after["iterations"]]}
 
 
-def measure(job: Path, sets: list[str], log=print) -> dict:
-    res: dict = {"job": str(job), "sets": sets, "cpu_count": os.cpu_count(),
+def median_run(runs: list[dict]) -> dict:
+    """Repeats of one variant -> medians of every time (selection from the first; memory: max)."""
+    med = statistics.median
+    by_it: dict[int, list[dict]] = {}
+    for run in runs:
+        for r in run["iterations"]:
+            by_it.setdefault(r["iteration"], []).append(r)
+    iterations = []
+    for it, rs in sorted(by_it.items()):
+        keys = {k for r in rs for k in r["phase_s"]}
+        iterations.append({**rs[0], "wall_s": round(med(r["wall_s"] for r in rs), 2),
+                           "phase_s": {k: round(med(r["phase_s"].get(k, 0.0) for r in rs), 3)
+                                       for k in sorted(keys)}})
+    rss: dict[str, int] = {}
+    for run in runs:
+        for k, v in run["peak_rss_bytes"].items():
+            rss[k] = max(rss.get(k, 0), v)
+    return {"fused": runs[0]["fused"], "repeats": len(runs),
+            "process_s": round(med(r["process_s"] for r in runs), 2),
+            "loop_s": round(med(r["loop_s"] for r in runs), 2),
+            "loop_s_each": [r["loop_s"] for r in runs], "iterations": iterations,
+            "selected": runs[0]["selected"],
+            "same_selection_across_repeats": all(r["selected"] == runs[0]["selected"] for r in runs),
+            "peak_rss_bytes": rss}
+
+
+def measure(job: Path, sets: list[str], repeat: int = 1, log=print) -> dict:
+    """before, after, before, after, ... (alternating, so a change in the machine's load hits
+    both variants alike); every figure is the median over the repeats."""
+    res: dict = {"job": str(job), "sets": sets, "cpu_count": os.cpu_count(), "repeat": repeat,
                  "loadavg_1m_start": round(os.getloadavg()[0], 2)}
+    runs: dict[str, list[dict]] = {name: [] for name in VARIANTS}
     with tempfile.TemporaryDirectory(prefix="bench-loop-timing-") as tmp:
-        for name, fused in VARIANTS.items():
-            res[name] = run_variant(job, fused, sets, Path(tmp) / name, log=log)
-            log(f"loop {name}: {res[name]['loop_s']} s in the loop, {res[name]['process_s']} s "
-                f"in all")
+        for i in range(repeat):
+            for name, fused in VARIANTS.items():
+                run = run_variant(job, fused, sets, Path(tmp) / f"{name}-{i}", log=log)
+                runs[name].append(run)
+                log(f"loop {name} #{i + 1}: {run['loop_s']} s in the loop, {run['process_s']} s "
+                    f"in all (load average {os.getloadavg()[0]:.1f})")
+    for name in VARIANTS:
+        res[name] = median_run(runs[name])
     res["loadavg_1m_end"] = round(os.getloadavg()[0], 2)
     res["comparison"] = compare(res["before"], res["after"])
     return res
@@ -114,7 +148,9 @@ def table(res: dict) -> str:
     lines.append("phase totals (s): " + ", ".join(
         f"{k} {v['before']:.1f} -> {v['after']:.1f}" for k, v in sorted(c["phase_totals_s"].items())))
     lines.append(f"same selection: {c['same_selection']}, same accuracies: {c['same_accuracies']}; "
-                 f"load average {res['loadavg_1m_start']} -> {res['loadavg_1m_end']}")
+                 f"medians of {res['repeat']} run(s) each (loop s before {b['loop_s_each']}, after "
+                 f"{a['loop_s_each']}); load average {res['loadavg_1m_start']} -> "
+                 f"{res['loadavg_1m_end']}")
     return "\n".join(lines)
 
 
@@ -122,10 +158,11 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--job", default=None, help="job YAML (default jobs/loop-timing-cpu.yaml)")
     ap.add_argument("--set", dest="sets", action="append", default=[], help="config override")
+    ap.add_argument("--repeat", type=int, default=1, help="runs of each variant (medians)")
     ap.add_argument("--out", default=None, help="write the results as JSON here")
     args = ap.parse_args(argv)
     job = Path(args.job) if args.job else default_job()
-    res = measure(job, args.sets, log=lambda m: print(f"... {m}", flush=True))
+    res = measure(job, args.sets, repeat=args.repeat, log=lambda m: print(f"... {m}", flush=True))
     print(table(res), flush=True)
     if args.out:
         runstore.atomic_write_json(args.out, res)
