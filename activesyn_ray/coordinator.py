@@ -555,6 +555,7 @@ def run_loop(run_dir: str | Path | RunStore) -> dict:
 
         report = json.loads(memory.read_text())
         runstore.atomic_write_json(memory, {**report, "driver": peak_rss_bytes()})
+        store.sync()
     print(f"[activesyn] run directory: {summary['run_dir']}", flush=True)
     print(f"[activesyn] final accuracy: {summary['final_accuracy']}  ledger: {summary['ledger']}",
           flush=True)
