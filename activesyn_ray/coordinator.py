@@ -198,7 +198,7 @@ class Coordinator:
         evaluation of iteration - 1), or None when they are not all there."""
         rows = [r for r in self.store.read(runstore.SCORES)
                 if r.get("iteration") == iteration and "seed_id" in r]
-        if [r["seed_id"] for r in rows] != [e.id for e in self.seeds]:
+        if not rows or [r["seed_id"] for r in rows] != [e.id for e in self.seeds]:
             return None
         cols = [c for c in SCALAR_SCORES if c in rows[0]]
         if not self.strategy.needs <= set(cols):
