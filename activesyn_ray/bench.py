@@ -6,7 +6,11 @@
     trainer   samples/s with 1 and 2 DeepSpeed ranks
     sync      bytes per adapter broadcast vs a full-weight broadcast
     loop      share of iteration wall time outside generate/score/train/eval (orchestration overhead)
-    memory    peak RSS per actor kind: trainer rank, scorer (hf), scorer (vllm), teacher replica
+    fusion    per-iteration wall time of jobs/loop-timing-cpu.yaml (SmolLM2-135M + LoRA) with the
+              fused evaluate+score pass and overlapped score-synthetic off vs on, alternating, 2
+              runs each, medians (not in the default parts: ~12 min on 2 cores; `--parts fusion`)
+    memory    peak RSS per actor kind: trainer rank, scorer (hf), scorer (vllm), teacher replica;
+              with `fusion`, also the coordinator, the driver and every actor of a real loop run
 
 Each part runs as its own process (its own Ray), one after another, so they never compete for the
 cores. On a GPU machine the same command gives absolute numbers (`--num-gpus 1`). Everything it runs
@@ -33,7 +37,7 @@ def _module(name: str) -> list[str]:
     return [sys.executable, "-m", f"activesyn_ray.benchmarks.{name}"]
 
 
-PROGRESS = ("trainer ", "scoring ", "vLLM", "sync:", "... ", "wrote ")
+PROGRESS = ("trainer ", "scoring ", "vLLM", "sync:", "... ", "wrote ", "loop ")
 
 
 def _run(cmd: list[str], log) -> None:
@@ -91,6 +95,11 @@ def run_bench(*, out: Path, teacher_model: str, student_model: str, prompts: int
             results["student"] = json.loads(path.read_text())
     if "loop" in parts:
         results["loop"] = loop_overhead(model=loop_model, budget=loop_budget, k=loop_k, log=log)
+    if "fusion" in parts:
+        with tempfile.TemporaryDirectory(prefix="bench-") as tmp:
+            path = Path(tmp) / "fusion.json"
+            _run([*_module("loop_timing"), "--repeat", "2", "--out", str(path)], log)
+            results["fusion"] = json.loads(path.read_text())
     results["loadavg_1m_end"] = round(os.getloadavg()[0], 2)
     results["peak_rss_bytes"] = memory(results)
     results["summary"] = summarize(results)
@@ -105,6 +114,10 @@ def memory(r: dict) -> dict[str, int]:
         if "replica_peak_rss_bytes" in row:
             key = f"teacher replica ({row['engine']})"
             out[key] = max(out.get(key, 0), row["replica_peak_rss_bytes"])
+    for variant in ("before", "after"):  # a real loop run's memory.json, every actor kind
+        for kind, nbytes in r.get("fusion", {}).get(variant, {}).get("peak_rss_bytes", {}).items():
+            key = f"loop: {kind}"
+            out[key] = max(out.get(key, 0), nbytes)
     return out
 
 
@@ -148,6 +161,15 @@ def summarize(r: dict) -> list[tuple[str, str, str]]:
                          f"(x{sync['full_weight_bytes'] / max(1, sync['adapter_bytes']):.0f})"))
     for kind, nbytes in memory(r).items():
         rows.append((f"peak RSS {kind}", f"{nbytes / 2**20:.0f} MiB", "one actor"))
+    if fu := r.get("fusion"):
+        c = fu["comparison"]
+        for it in c["per_iteration"]:
+            rows.append((f"loop iteration {it['iteration']}, before / after",
+                         f"{it['before_s']:.1f} / {it['after_s']:.1f} s",
+                         "fused evaluate+score, score-synthetic during training"))
+        rows.append(("loop wall, before / after fused pass", f"x{c['loop_ratio']:.2f}",
+                     f"{fu['before']['loop_s']} vs {fu['after']['loop_s']} s; same selection: "
+                     f"{c['same_selection']}, same accuracies: {c['same_accuracies']}"))
     if lp := r.get("loop"):
         share = lp["overhead_share"]
         rows.append(("loop overhead", "—" if share is None else f"{100 * share:.1f}% of wall time",

@@ -153,6 +153,16 @@ class StudentConfig(_Group):
     restart_each_round: bool = True
     """True: every round trains a fresh adapter on D_1..D_t from the base (the paper's protocol);
     False: continue from the last round's adapter."""
+    fuse_eval_and_score: bool = True
+    """Evaluate round t and score the seed pool for round t+1 (same adapter) in ONE pass of the
+    scorer shards over test + validation + pool; the pool's scores are stored in scores.jsonl and
+    the next score step reads them back (also after a resume). Only for strategies whose needs are
+    scalar columns (loss, loss_gt, entropy, reward); BADGE and llm-judge score in their own step.
+    False: evaluate, then score in the next iteration (the same numbers, one more pass)."""
+    overlap_score_synthetic: bool = True
+    """Score this round's new samples (for the seed-vs-sample rank correlation) on the scorer
+    shards WHILE the trainer ranks train, instead of before; the same scores (the scorers keep the
+    previous adapter until that call is done)."""
 
     @model_validator(mode="after")
     def _vllm_serves_adapters(self) -> "StudentConfig":

@@ -20,6 +20,7 @@ with that smaller budget), so every strategy has points at the same budgets.
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from collections import Counter
@@ -45,6 +46,9 @@ log = logging.getLogger("activesyn")
 
 # Scalar score columns kept in scores.jsonl and compared seed-vs-synthetic in the report.
 SCALAR_SCORES = (LOSS, LOSS_GT, ENTROPY, CORRECT, REWARD, JUDGE)
+MEMORY = "memory.json"  # peak RSS per actor kind, written when the run ends
+# Needs the fused evaluate+score pass serves: scorer columns that scores.jsonl holds exactly.
+FUSABLE = frozenset({LOSS, LOSS_GT, ENTROPY, CORRECT, REWARD})
 
 
 class Phase(str, Enum):
@@ -85,21 +89,29 @@ class Coordinator:
         self._iter_t0: float | None = None  # start of an iteration this process ran from its start
 
     # ------------------------------------------------------------------------------ the loop
-    def run(self) -> dict:
+    def run(self, stop_after: int | None = None) -> dict:
+        """Run (or resume) to the end. stop_after: return once iteration `stop_after` is evaluated,
+        leaving the run directory exactly as a kill at that point would (for resume tests)."""
         from ray.experimental.tqdm_ray import tqdm
 
         state = self._recover()
         if state.get("done"):
             return self.summary()
         self._start_pools()
+        self._restore_adapter(state)
         pbar = tqdm(total=self.cfg.budget.samples or None, desc=f"{self.cfg.name}: synthetic samples")
         pbar.update(self.ledger.samples)
         if state["n_metrics"] == 0:
             state = self._evaluate_start(state)
-        state = (self._run_iterative if self.strategy.iterative else self._run_static)(state, pbar)
+        if not self.strategy.iterative:
+            state = self._run_static(state, pbar)
+        elif self._run_iterative(state, pbar, stop_after=stop_after) is None:
+            pbar.close()
+            return self.summary()
         pbar.close()
         close_trackers(self.store.root)
         self.student.save_adapter(str(self.store.checkpoints / "final"))
+        runstore.atomic_write_json(self.store.path(MEMORY), self.memory_report())
         self._save(state, done=True, phase=Phase.DONE)
         self._plot()
         if self.cfg.output.plots:  # the same report `activesyn report RUN_DIR` writes, for this run
@@ -108,11 +120,15 @@ class Coordinator:
             write_report([self.store.root], self.store.root / "report")
         return self.summary()
 
-    def _run_iterative(self, state: dict, pbar) -> dict:
+    def _run_iterative(self, state: dict, pbar, stop_after: int | None = None) -> dict | None:
+        """The loop; returns the final state, or None when it stopped at `stop_after`."""
         while True:
             it, phase = state["iteration"], state["phase"]
+            train = None
             if phase in (Phase.PREPARED, Phase.EVALUATED):
-                if self.ledger.exhausted() or (self.cfg.iterations and it >= self.cfg.iterations):
+                if stop_after is not None and it >= stop_after:
+                    return None
+                if not self._continues(it):
                     return state
                 it += 1
                 self._phase_s, self._iter_t0 = {}, time.perf_counter()
@@ -125,9 +141,13 @@ class Coordinator:
             if state["phase"] == Phase.SELECTED:
                 state = self.generate(state, it, pbar)
             if state["phase"] == Phase.GENERATED:
-                state = self.score_synthetic(state, it)
+                pending = self._score_synthetic_submit(it)
+                if pending is not None:  # the scorers score the new samples while the ranks train
+                    train = self.train(it, self._synthetic(), wait_for=pending.refs)
+                state = self.score_synthetic(state, it, pending=pending)
             if state["phase"] == Phase.SCORED:
-                train = self.train(it, self._synthetic())
+                if train is None:
+                    train = self.train(it, self._synthetic())
                 state = self.evaluate(state, it, train, self._synthetic())
             self._plot()
 
@@ -152,18 +172,50 @@ class Coordinator:
 
     # ------------------------------------------------------------------------------ the steps
     def score(self, state: dict, iteration: int) -> SeedScores:
-        """Step 1: what the strategy needs, for every seed, under the current student."""
+        """Step 1: what the strategy needs, for every seed, under the current student. With the
+        fused pass the previous evaluation already scored the pool (same adapter) and stored the
+        rows in scores.jsonl: they are read back, in the uninterrupted run and after a resume
+        alike, so both select from the same numbers."""
         if not self.strategy.needs:
             return SeedScores()
+        if self._fusable() and (stored := self._stored_pool_scores(iteration)) is not None:
+            return stored
         t0 = time.perf_counter()
         scores = self._score_examples(self.seeds, iteration)
-        rows = [{"iteration": iteration, "seed_id": e.id, "stratum": stratum(e),
-                 **{c: float(scores.columns[c][i]) for c in SCALAR_SCORES if c in scores.columns}}
-                for i, e in enumerate(self.seeds)]
+        rows = self._pool_rows(iteration, scores.columns)
         self.store.append(runstore.SCORES, rows)
         state["n_scores"] += len(rows)
         self._phase_s["score"] = time.perf_counter() - t0
         return scores
+
+    def _pool_rows(self, iteration: int, columns: dict) -> list[dict]:
+        return [{"iteration": iteration, "seed_id": e.id, "stratum": stratum(e),
+                 **{c: float(columns[c][i]) for c in SCALAR_SCORES if c in columns}}
+                for i, e in enumerate(self.seeds)]
+
+    def _stored_pool_scores(self, iteration: int) -> SeedScores | None:
+        """The seed pool's scores for `iteration` from scores.jsonl (written by the fused
+        evaluation of iteration - 1), or None when they are not all there."""
+        rows = [r for r in self.store.read(runstore.SCORES)
+                if r.get("iteration") == iteration and "seed_id" in r]
+        if not rows or [r["seed_id"] for r in rows] != [e.id for e in self.seeds]:
+            return None
+        cols = [c for c in SCALAR_SCORES if c in rows[0]]
+        if not self.strategy.needs <= set(cols):
+            return None
+        return SeedScores({c: np.array([r[c] for r in rows], dtype=np.float64) for c in cols})
+
+    def _fusable(self) -> bool:
+        """Evaluation and the next score step share one scorer pass: the strategy scores the pool
+        each iteration with columns scores.jsonl can hold (not BADGE embeddings, not judge
+        grades, which need the teacher)."""
+        return bool(self.cfg.student.fuse_eval_and_score and self.strategy.iterative
+                    and self.strategy.needs and self.strategy.needs <= FUSABLE)
+
+    def _continues(self, iteration: int) -> bool:
+        """Whether the loop starts iteration + 1 after evaluating `iteration`."""
+        return not (self.ledger.exhausted()
+                    or (self.cfg.iterations and iteration >= self.cfg.iterations))
 
     def select(self, state: dict, iteration: int, scores: SeedScores) -> dict:
         """Step 2: k seed indices (static: the whole budget, once, uniformly)."""
@@ -214,14 +266,36 @@ class Coordinator:
                   f"teacher model and prompt; raw replies are in synthetic.jsonl)", flush=True)
         return self._save(state, phase=Phase.GENERATED)
 
-    def score_synthetic(self, state: dict, iteration: int) -> dict:
+    def _synthetic_to_score(self, iteration: int) -> list[dict]:
+        if not self.strategy.needs & {LOSS, LOSS_GT, ENTROPY, REWARD}:
+            return []
+        return [r for r in self._synthetic() if r["iteration"] == iteration and r["parsed"]]
+
+    def _score_synthetic_submit(self, iteration: int):
+        """Start scoring this round's new samples on the scorer shards, to run during training
+        (student.overlap_score_synthetic); None when there is nothing to overlap."""
+        if not self.cfg.student.overlap_score_synthetic or JUDGE in self.strategy.needs:
+            return None
+        recs = self._synthetic_to_score(iteration)
+        if not recs:
+            return None
+        return self.student.score_submit([Example.from_dict(r["example"]) for r in recs],
+                                         set(self.strategy.needs))
+
+    def score_synthetic(self, state: dict, iteration: int, pending=None) -> dict:
         """Score this round's new samples with the student that chose their seeds, so the report
-        can rank-correlate seed scores with sample scores (paper Fig. 2)."""
-        recs = [r for r in self._synthetic() if r["iteration"] == iteration and r["parsed"]]
-        if recs and self.strategy.needs & {LOSS, LOSS_GT, ENTROPY, REWARD}:
+        can rank-correlate seed scores with sample scores (paper Fig. 2). pending: the same call
+        already running (overlapped with training); its time here is what training did not hide."""
+        recs = self._synthetic_to_score(iteration)
+        if recs:
             t0 = time.perf_counter()
-            primary = self._primary(self._score_examples(
-                [Example.from_dict(r["example"]) for r in recs], iteration))
+            if pending is not None:
+                cols = pending.result()
+                scores = SeedScores({k: np.asarray(v) for k, v in cols.items() if k != "answer_text"})
+            else:
+                scores = self._score_examples([Example.from_dict(r["example"]) for r in recs],
+                                              iteration)
+            primary = self._primary(scores)
             if primary is not None:
                 rows = [{"iteration": iteration, "request_id": r["request_id"],
                          "seed_score": r["seed_score"], "sample_score": float(s),
@@ -232,12 +306,19 @@ class Coordinator:
             self._phase_s["score_synthetic"] = time.perf_counter() - t0
         return self._save(state, phase=Phase.SCORED)
 
-    def train(self, iteration: int, records: list[dict]) -> dict:
-        """Step 4: the student on every clean sample so far (parsed, not contaminated)."""
+    def train(self, iteration: int, records: list[dict], wait_for: list = ()) -> dict:
+        """Step 4: the student on every clean sample so far (parsed, not contaminated).
+        wait_for: scorer calls (overlapped score-synthetic) that must end before the new adapter
+        reaches the scorers."""
         data = [Example.from_dict(r["example"]) for r in records
                 if r["parsed"] and not r.get("contaminated")]
         t0 = time.perf_counter()
-        metrics = self.student.train(data, round=iteration) if data else {}
+        if data:
+            metrics = self.student.train(data, round=iteration, wait_for=wait_for)
+        else:
+            if wait_for:
+                ray.wait(list(wait_for), num_returns=len(wait_for))
+            metrics = {}
         self._phase_s["train"] = time.perf_counter() - t0
         return dict(metrics, train_size=len(data))
 
@@ -246,8 +327,16 @@ class Coordinator:
         """Step 5: greedy accuracy on the test (and validation) split -> one curve point.
         `changes` are saved to state.json in the same write as the new metrics count."""
         t0 = time.perf_counter()
-        ev = self.student.evaluate(self.test + self.val)
-        self._phase_s["eval"] = time.perf_counter() - t0
+        pool_rows = []
+        if not static_prefix and self._fusable() and self._continues(iteration):
+            # the next score step needs the pool under THIS adapter: one scorer pass for both
+            ev, cols = self.student.evaluate_and_score(self.test + self.val, self.seeds,
+                                                       self._student_needs())
+            pool_rows = self._pool_rows(iteration + 1, cols)
+            self._phase_s["eval+score"] = time.perf_counter() - t0
+        else:
+            ev = self.student.evaluate(self.test + self.val)
+            self._phase_s["eval"] = time.perf_counter() - t0
         self.student.save_adapter(str(self.store.checkpoints / f"round-{iteration}"))
         correct = ev["correct"]
         test_ok, val_ok = correct[:len(self.test)], correct[len(self.test):]
@@ -280,13 +369,15 @@ class Coordinator:
                "phase_s": {k: round(v, 3) for k, v in self._phase_s.items()},
                "wall_s": None if wall is None else round(wall, 3)}
         self._phase_s, self._iter_t0 = {}, time.perf_counter()
+        if pool_rows:  # counted in the same state write as the metrics row
+            self.store.append(runstore.SCORES, pool_rows)
         self.store.append(runstore.METRICS, [row])
         track(self.cfg, self.store.root, row)  # TensorBoard / W&B / MLflow (output.trackers)
         print(f"[activesyn] iteration {iteration}: samples={row['samples']} "
               f"tokens={row['teacher_tokens']} train_size={row['train_size']} "
               f"contaminated={row['contaminated']} accuracy={row['accuracy']:.3f}", flush=True)
         return self._save(state, **{"phase": Phase.EVALUATED, "n_metrics": state["n_metrics"] + 1,
-                                    **changes})
+                                    "n_scores": state["n_scores"] + len(pool_rows), **changes})
 
     def _evaluate_start(self, state: dict) -> dict:
         """Iteration 0: the starting student (no synthetic data) at budget 0."""
@@ -302,15 +393,44 @@ class Coordinator:
         if self.teacher is None:
             self.teacher = TeacherPool(cfg=self.cfg, task=self.task, ledger=self.ledger)
 
+    def _student_needs(self) -> set[str]:
+        """The strategy's needs the scorer shards compute (reward_model `verifier` is resolved by
+        StudentPool); a judge grades the student's answer text."""
+        needs = set(self.strategy.needs) - {JUDGE}
+        return needs | {"answer_text"} if JUDGE in self.strategy.needs else needs
+
+    def _with_judge(self, cols: dict, iteration: int, examples: list[Example] | None = None
+                    ) -> dict:
+        if JUDGE in self.strategy.needs:
+            pairs = list(zip(self.seeds if examples is None else examples, cols["answer_text"]))
+            cols[JUDGE] = np.asarray(self.teacher.judge(pairs, iteration=iteration), dtype=float)
+        return cols
+
+    def _restore_adapter(self, state: dict) -> None:
+        """A resumed run's scorers start from the base model: give them the adapter of the last
+        evaluated round (its checkpoint), the one the interrupted iteration scored with, so any
+        score recomputed after a resume equals the uninterrupted run's."""
+        if not (self.strategy.iterative and self.strategy.needs) or state["n_metrics"] == 0:
+            return
+        last = self.store.read(runstore.METRICS)[-1]["iteration"]
+        if last == 0:  # the starting student: the base model the scorers already hold
+            return
+        folder = self.store.checkpoints / f"round-{last}"
+        files = sorted(folder.glob("*.safetensors"))
+        if not files:
+            raise RuntimeError(f"{folder}: no *.safetensors; resuming needs the adapter of round "
+                               f"{last} to score the seed pool as the interrupted run did")
+        from safetensors.torch import load_file
+
+        weights: dict = {}
+        for f in files:
+            weights.update(load_file(str(f)))
+        self.student.push_adapter({k: v.float() for k, v in weights.items()})
+
     def _score_examples(self, examples: list[Example], iteration: int) -> SeedScores:
-        needs = set(self.strategy.needs)  # reward_model `verifier` is resolved by StudentPool.score
-        student_needs = needs - {JUDGE}
-        if JUDGE in needs:
-            student_needs.add("answer_text")
+        student_needs = self._student_needs()
         cols = self.student.score(examples, student_needs) if student_needs else {}
-        if JUDGE in needs:
-            grades = self.teacher.judge(list(zip(examples, cols["answer_text"])), iteration=iteration)
-            cols[JUDGE] = np.asarray(grades, dtype=float)
+        cols = self._with_judge(cols, iteration, examples)
         return SeedScores({k: np.asarray(v) for k, v in cols.items() if k != "answer_text"})
 
     def _primary(self, scores: SeedScores) -> np.ndarray | None:
@@ -377,6 +497,24 @@ class Coordinator:
 
             plot_run(self.store.root)
 
+    def memory_report(self) -> dict[str, int]:
+        """Peak resident memory (bytes) per actor kind, the largest actor of each kind, over the
+        whole run (each process's own high-water mark), for sizing num_cpus / memory per node."""
+        from activesyn_ray.devices import peak_rss_bytes
+
+        out = {"coordinator": peak_rss_bytes()}
+        student = self.student.peak_rss()
+        out["trainer rank"] = max(r["peak_rss_bytes"] for r in student["trainer"])
+        for r in student["scorer"]:  # the scorer's size depends on the paths it built
+            key = f"scorer shard ({'+'.join(r['paths'])})"
+            out[key] = max(out.get(key, 0), r["peak_rss_bytes"])
+        replicas = getattr(self.teacher.backend, "actors", None)  # none under Ray Serve
+        if replicas:
+            for r in ray.get([a.peak_rss.remote() for a in replicas]):
+                key = f"teacher replica ({r['engine']})"
+                out[key] = max(out.get(key, 0), r["peak_rss_bytes"])
+        return out
+
     def summary(self) -> dict:
         metrics = self.store.read(runstore.METRICS)
         return {"run_dir": str(self.store.root), "iterations": len(metrics),
@@ -411,6 +549,13 @@ def run_loop(run_dir: str | Path | RunStore) -> dict:
         except Exception:
             pass
         ray.kill(actor, no_restart=True)
+    memory = store.path(MEMORY)
+    if memory.exists():  # this process (the driver) joins the actors' peak RSS
+        from activesyn_ray.devices import peak_rss_bytes
+
+        report = json.loads(memory.read_text())
+        runstore.atomic_write_json(memory, {**report, "driver": peak_rss_bytes()})
+        store.sync()
     print(f"[activesyn] run directory: {summary['run_dir']}", flush=True)
     print(f"[activesyn] final accuracy: {summary['final_accuracy']}  ledger: {summary['ledger']}",
           flush=True)

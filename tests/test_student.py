@@ -264,6 +264,28 @@ def test_saved_adapter_loads_with_peft_and_reproduces_scorer(trained, task_data,
 
 
 @pytest.mark.slow
+def test_fused_evaluate_and_score_equals_the_separate_calls(trained, task_data):
+    """One scorer call per shard for evaluation + pool scores (coordinator: evaluate round t and
+    score for t+1) gives what evaluate() and score() give; so does a score started before and
+    collected after other work (score_submit, overlapped with training)."""
+    task, seeds, test = task_data
+    pool = trained["pool"]
+    needs = {"loss", "loss_gt", "entropy"}
+    ev, cols = pool.evaluate_and_score(test, seeds[:20], needs)
+    sep_ev, sep = pool.evaluate(test), pool.score(seeds[:20], needs)
+    assert ev["completions"] == sep_ev["completions"] and ev["correct"] == sep_ev["correct"]
+    assert len(ev["shard_seconds"]) == 2  # both shards took part
+    assert cols["answer_text"] == sep["answer_text"]
+    for key in ("loss", "loss_gt", "entropy", "correct"):
+        np.testing.assert_array_equal(cols[key], sep[key], err_msg=key)
+    assert np.std(cols["loss"]) > 0
+    pending = pool.score_submit(seeds[:20], needs)
+    later = pending.result()
+    for key in ("loss", "loss_gt", "entropy"):
+        np.testing.assert_array_equal(later[key], sep[key], err_msg=key)
+
+
+@pytest.mark.slow
 def test_two_ranks_take_the_same_steps_as_one(ray_session, task_data):
     """Same global batch: 2 ranks x micro 4 vs 1 rank x micro 8 (and 2 x micro 2 x accum 2)."""
     from activesyn_ray.actors import ActorGroup

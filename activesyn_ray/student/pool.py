@@ -18,7 +18,7 @@ import numpy as np
 import ray
 
 from activesyn_ray import placement
-from activesyn_ray.actors import ActorGroup
+from activesyn_ray.actors import ActorGroup, shard
 from activesyn_ray.student.scoring import DECODED, ScorerWorker
 from activesyn_ray.student.trainer import TrainerWorker
 from activesyn_ray.tasks.base import Example
@@ -26,6 +26,16 @@ from activesyn_ray.tasks.base import Example
 
 def state_bytes(state: dict) -> int:
     return int(sum(t.numel() * t.element_size() for t in state.values()))
+
+
+class PendingScores:
+    """Scorer calls in flight (StudentPool.score_submit); result() waits and returns the columns."""
+
+    def __init__(self, refs: list, assemble):
+        self.refs, self._assemble = refs, assemble
+
+    def result(self) -> dict[str, np.ndarray | list]:
+        return self._assemble([r for part in ray.get(self.refs) for r in part])
 
 
 class StudentPool:
@@ -58,11 +68,15 @@ class StudentPool:
             return ray.get(self.trainers.call(method, *args, **kwargs))[0]
         return ray.get(getattr(self.trainers.actors[0], method).remote(*args, **kwargs))
 
-    def train(self, examples: list[Example], round: int) -> dict:
-        """Train on `examples` (all synthetic data so far) and push the new adapter to the scorers."""
+    def train(self, examples: list[Example], round: int, wait_for: list = ()) -> dict:
+        """Train on `examples` (all synthetic data so far) and push the new adapter to the scorers.
+        wait_for: scorer calls still running under the previous adapter (score_submit); the new
+        one is pushed only after they end (scorer actors are threaded: no queue order to rely on)."""
         data = [{"question": e.question, "target": self.task.target(e)} for e in examples]
         data_ref = ray.put(data)  # one copy in the object store, read by every rank
         metrics = ray.get(self.trainers.call("train", data_ref, round=round))[0]
+        if wait_for:
+            ray.wait(list(wait_for), num_returns=len(wait_for))  # errors surface in their collect
         t0 = time.perf_counter()
         state = self._on_all_ranks_if_zero3("adapter_state")
         self.push_adapter(state)
@@ -143,6 +157,64 @@ class StudentPool:
         correct = [bool(self.task.check_completion(e, c)) for e, c in zip(test, completions)]
         return {"accuracy": float(np.mean(correct)) if correct else 0.0, "n": len(test),
                 "correct": correct, "completions": completions}
+
+    # ------------------------------------------------------------------ fused / overlapped calls
+    def _scorer_needs(self, needs) -> tuple[set[str], bool]:
+        """`needs` as the scorer shards compute them: reward_model `verifier` is the task's checker
+        on the greedy answer, i.e. the `correct` column (no reward model)."""
+        if "reward" in needs and not self.cfg.selection.reward_model:
+            raise ValueError("selection.reward_model: a reward model is required to score "
+                             "'reward' (a model folder, `verifier`, or tiny-reward for tests)")
+        verifier = "reward" in needs and self.cfg.selection.reward_model == "verifier"
+        return ((set(needs) - {"reward"}) | {"correct"} if verifier else set(needs)), verifier
+
+    def _columns(self, seeds: list[Example], rows: list[dict], needs: set[str], verifier: bool
+                 ) -> dict[str, np.ndarray | list]:
+        """Scorer rows -> the columns `score` returns (the same assembly as `score`)."""
+        have = set(rows[0]) if rows else set(needs) | ({"answer_text"} if needs & DECODED else set())
+        cols: dict[str, np.ndarray | list] = {
+            name: np.array([r[name] for r in rows], dtype=np.float64)
+            for name in ("loss", "loss_gt", "entropy", "reward") if name in have}
+        if "answer_text" in have:
+            cols["answer_text"] = [r["answer_text"] for r in rows]
+            cols["correct"] = np.array([float(self.task.check_completion(e, t))
+                                        for e, t in zip(seeds, cols["answer_text"])])
+        if "grad_embed" in needs:
+            cols["grad_embed"] = np.stack([r["grad_embed"] for r in rows]).astype(np.float64) \
+                if rows else np.zeros((0, 0))
+        if verifier:
+            cols["reward"] = cols["correct"].copy()
+        return cols
+
+    def _evaluation(self, test: list[Example], completions: list[str]) -> dict:
+        correct = [bool(self.task.check_completion(e, c)) for e, c in zip(test, completions)]
+        return {"accuracy": float(np.mean(correct)) if correct else 0.0, "n": len(test),
+                "correct": correct, "completions": completions}
+
+    def evaluate_and_score(self, test: list[Example], seeds: list[Example], needs: set[str]
+                           ) -> tuple[dict, dict[str, np.ndarray | list]]:
+        """evaluate(test) and score(seeds, needs) under the SAME adapter in one call per scorer
+        shard: shard i gets test slice i and pool slice i (the slices the two separate calls would
+        give it). Returns (evaluate's dict + "shard_seconds", score's columns): the same values."""
+        needs, verifier = self._scorer_needs(needs)
+        n = self.scorers.world_size
+        eval_parts = shard([{"question": e.question} for e in test], n)
+        pool_parts = shard([{"question": e.question, "answer": self.task.target(e)}
+                            for e in seeds], n)
+        parts = ray.get([a.evaluate_and_score.remote(ev, po, needs=sorted(needs))
+                         for a, ev, po in zip(self.scorers.actors, eval_parts, pool_parts)])
+        ev = self._evaluation(test, [c for p in parts for c in p["completions"]])
+        ev["shard_seconds"] = [p["seconds"] for p in parts]
+        return ev, self._columns(seeds, [r for p in parts for r in p["rows"]], needs, verifier)
+
+    def score_submit(self, seeds: list[Example], needs: set[str]) -> "PendingScores":
+        """score(seeds, needs) started now and collected later (`.result()` returns the columns),
+        so the scorer shards work while the caller does something else, e.g. train (pass
+        `wait_for=pending.refs` to train so the new adapter waits for this call)."""
+        needs, verifier = self._scorer_needs(needs)
+        items = [{"question": e.question, "answer": self.task.target(e)} for e in seeds]
+        refs = self.scorers.call_sharded("score", items, needs=sorted(needs))
+        return PendingScores(refs, lambda rows: self._columns(seeds, rows, needs, verifier))
 
     # ------------------------------------------------------------------ misc
     def peak_rss(self) -> dict:

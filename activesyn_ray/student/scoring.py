@@ -23,6 +23,7 @@ loads the HF model; asked for entropy too, it loads it next to vLLM (twice the b
 from __future__ import annotations
 
 import importlib.util
+import time
 from dataclasses import dataclass
 
 import torch
@@ -167,13 +168,52 @@ class ScorerWorker:
     def score(self, examples: list[dict], needs: list[str] | set[str] = ()) -> list[dict]:
         """`examples`: {"question", "answer" (reference target text)} dicts; one dict out each with
         the needed columns (and answer_text whenever the answer was decoded)."""
-        p = plan(needs, inference=self.inference, vllm_loss_gt=self.scfg.vllm.loss_gt,
-                 reward_model=self.cfg.selection.reward_model)
-        needs = set(needs)
+        return self._score_rows(examples, needs)
+
+    def evaluate_and_score(self, eval_items: list[dict], pool_items: list[dict],
+                           needs: list[str] | set[str]) -> dict:
+        """Evaluation of the current adapter AND the scores of the seed pool under it, in one call
+        (coordinator: evaluate round t + score for round t+1). On the vLLM path the greedy answers
+        of both sets come from ONE engine pass (one batch for the scheduler); on the HF path the two
+        sets keep their own padded batches, so every number equals the separate calls bit for bit
+        (HF generate's left padding makes batch composition matter). Returns {"completions": [...],
+        "rows": [...], "seconds": {"eval": s, "score": s}}."""
+        t0 = time.perf_counter()
+        p = self._plan(needs)
+        eval_prompts = [prompt_ids(self.tokenizer, ex["question"]) for ex in eval_items]
+        if p.decode == "vllm" and self.inference == "vllm":
+            pool_prompts = [prompt_ids(self.tokenizer, ex["question"]) for ex in pool_items]
+            answers, losses = self.vllm.greedy(eval_prompts + pool_prompts,
+                                               with_loss=p.loss_from_decode)
+            n = len(eval_prompts)
+            completions = [self._decode_text(a) for a in answers[:n]]
+            t1 = time.perf_counter()
+            rows = self._score_rows(pool_items, needs, decoded=(
+                pool_prompts, answers[n:], None if losses is None else losses[n:]))
+        else:
+            answers, _ = self._greedy(eval_prompts, on=self.inference)
+            completions = [self._decode_text(a) for a in answers]
+            t1 = time.perf_counter()
+            rows = self._score_rows(pool_items, needs)
+        # vLLM: "eval" holds the shared decode of both sets, "score" only the HF-side columns
+        return {"completions": completions, "rows": rows,
+                "seconds": {"eval": t1 - t0, "score": time.perf_counter() - t1}}
+
+    def _plan(self, needs) -> Plan:
+        return plan(needs, inference=self.inference, vllm_loss_gt=self.scfg.vllm.loss_gt,
+                    reward_model=self.cfg.selection.reward_model)
+
+    def _score_rows(self, examples: list[dict], needs, decoded=None) -> list[dict]:
+        """decoded: (prompts, greedy answers, losses or None) already computed on the plan's decode
+        path (the fused call), instead of decoding here."""
+        p = self._plan(needs)
         rows: list[dict] = [{} for _ in examples]
         if p.decode:
-            prompts = [prompt_ids(self.tokenizer, ex["question"]) for ex in examples]
-            answers, losses = self._greedy(prompts, on=p.decode, with_loss=p.loss_from_decode)
+            if decoded is not None:
+                prompts, answers, losses = decoded
+            else:
+                prompts = [prompt_ids(self.tokenizer, ex["question"]) for ex in examples]
+                answers, losses = self._greedy(prompts, on=p.decode, with_loss=p.loss_from_decode)
             # max_new_tokens >= 1, so an empty answer cannot happen; guard the forced pass anyway
             answers = [a or [self.tokenizer.eos_token_id] for a in answers]
             texts = [self._decode_text(a) for a in answers]
