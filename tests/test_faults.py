@@ -229,3 +229,111 @@ def test_ten_thousand_queued_requests_bounded_in_flight_and_memory(d, task_and_s
         assert max(peak_inflight) <= bound and min(peak_inflight) > 0
     # per-request memory does not grow with the queue (what is held is the results, O(n))
     assert measured[10_000] < 1.5 * measured[1_000] and measured[10_000] < 20_000
+
+
+# ------------------------------------------------------------------ trainer/scorer groups (ActorGroup)
+def worker_group(*, collective, timeout_s=None, max_restarts=2):
+    from activesyn_ray.actors import ActorGroup
+    from activesyn_ray.config import ActorResources
+
+    class Worker:  # defined here: Ray ships it by value (workers cannot import the test module)
+        """A rank whose answer is its slice doubled, after `delay` seconds (time to kill or stop
+        it mid-call)."""
+
+        def __init__(self, *, rank, world_size, num_cpus):
+            self.rank = rank
+
+        def work(self, items, delay=0.0):
+            time.sleep(delay)
+            return [2 * x for x in items]
+
+    set_up = []
+    group = ActorGroup(Worker, name=f"w-{collective}-{time.monotonic_ns()}",
+                       resources=ActorResources(num_workers=2, num_cpus=0),
+                       call_timeout_s=timeout_s,
+                       max_restarts=max_restarts, collective=collective,
+                       settings_hint="student.max_restarts, student.call_timeout_s",
+                       setup=lambda ranks: set_up.append(sorted(ranks)))
+    group.set_up_log = set_up
+    return group
+
+
+def kill_when_busy(pid, sig, after_s):
+    import threading
+
+    threading.Timer(after_s, os.kill, (pid, sig)).start()
+
+
+def test_killed_scorer_rank_is_restarted_alone_and_the_call_redone(ray_session):
+    group = worker_group(collective=False)
+    try:
+        pids = group.pids()
+        kill_when_busy(pids[1], signal.SIGKILL, 1.0)  # mid-call: each rank sleeps 4 s
+        t0 = time.monotonic()
+        out = group.run_sharded("work", list(range(10)), delay=4.0)
+        print(f"\nscorer kill: restarts {group.restarts}, set up again {group.set_up_log}, "
+              f"{time.monotonic() - t0:.1f} s")
+        assert out == [2 * x for x in range(10)]  # every item once, in order
+        assert group.restarts == 1 and group.set_up_log == [[1]]  # only the dead rank
+        new = group.pids()
+        assert new[0] == pids[0] and new[1] != pids[1] and ray_pid_gone(pids[1])
+    finally:
+        group.shutdown()
+
+
+def test_killed_trainer_rank_restarts_the_whole_group(ray_session):
+    group = worker_group(collective=True)
+    try:
+        pids = group.pids()
+        kill_when_busy(pids[1], signal.SIGKILL, 1.0)
+        assert group.run("work", [1, 2], delay=4.0) == [[2, 4], [2, 4]]
+        assert group.restarts == 1 and group.set_up_log == [[0, 1]]  # a collective restarts whole
+        assert not set(group.pids()) & set(pids)
+    finally:
+        group.shutdown()
+
+
+def test_hung_rank_is_timed_out_restarted_and_the_call_redone(ray_session):
+    group = worker_group(collective=False, timeout_s=3)
+    try:
+        pids = group.pids()
+        os.kill(pids[0], signal.SIGSTOP)  # alive, never answering
+        t0 = time.monotonic()
+        assert group.run_sharded("work", [1, 2, 3, 4]) == [2, 4, 6, 8]
+        took = time.monotonic() - t0
+        print(f"\nhung rank: restarts {group.restarts}, {took:.1f} s (timeout 3 s)")
+        assert group.restarts == 1 and group.set_up_log == [[0]] and 3 <= took < 60
+        assert ray_pid_gone(pids[0])  # the stopped process was killed, not left behind
+    finally:
+        group.shutdown()
+
+
+def test_rank_that_keeps_dying_gives_one_clear_error(ray_session):
+    from activesyn_ray.actors import ActorGroupError
+
+    group = worker_group(collective=True, max_restarts=1)
+    try:
+        def phase():  # every attempt loses rank 1 before it answers
+            os.kill(group.pids()[1], signal.SIGKILL)
+            return group.gather("work", [1], delay=2.0)
+
+        with pytest.raises(ActorGroupError) as err:
+            group.retry(phase)
+        msg = str(err.value)
+        print(f"\n{msg}")
+        assert "\n" not in msg and group.restarts == 1
+        assert "rank 1 died during 'work'" in msg and "student.max_restarts" in msg
+    finally:
+        group.shutdown()
+
+
+def test_an_exception_in_the_method_is_not_retried(ray_session):
+    import ray
+
+    group = worker_group(collective=False)
+    try:
+        with pytest.raises(ray.exceptions.RayTaskError, match="TypeError"):
+            group.run("work", None)  # a bug, not a fault: raised as is, no restart
+        assert group.restarts == 0
+    finally:
+        group.shutdown()
