@@ -122,8 +122,10 @@ class StudentPool:
         import shutil
         from pathlib import Path
 
+        # Not trained in this pool yet: every rank builds its engine (a DeepSpeed collective; rank
+        # 0 alone would wait for the others forever), rank 0 returns the files.
         files = self._adapter_files if self._adapter_files is not None else \
-            self.trainers.retry(lambda: self._on_all_ranks_if_zero3("adapter_files"))
+            self.trainers.run("adapter_files")[0]
         dest = Path(path)
         tmp = dest.with_name(f".{dest.name}.tmp{os.getpid()}")
         shutil.rmtree(tmp, ignore_errors=True)
