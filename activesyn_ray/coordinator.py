@@ -21,6 +21,7 @@ with that smaller budget), so every strategy has points at the same budgets.
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections import Counter
 from enum import Enum
@@ -59,6 +60,14 @@ class Phase(str, Enum):
 
 
 _OLD_PHASES = {"scored-synthetic": Phase.SCORED}  # run directories written by earlier versions
+
+
+def fault_point(name: str, iteration: int) -> None:
+    """Test hook (tests/test_reliability_loop.py): with ACTIVESYN_FAULT_AT=name:iteration the
+    coordinator announces the point and waits there, so the test SIGKILLs the driver exactly at it."""
+    if os.environ.get("ACTIVESYN_FAULT_AT") == f"{name}:{iteration}":
+        print(f"[activesyn] fault point {name}:{iteration} reached", flush=True)
+        time.sleep(3600)
 
 
 class Coordinator:
@@ -153,6 +162,7 @@ class Coordinator:
     # ------------------------------------------------------------------------------ the steps
     def score(self, state: dict, iteration: int) -> SeedScores:
         """Step 1: what the strategy needs, for every seed, under the current student."""
+        fault_point("score", iteration)
         if not self.strategy.needs:
             return SeedScores()
         t0 = time.perf_counter()
@@ -202,6 +212,7 @@ class Coordinator:
                                  seed_index=state["selected"][j], stratum=stratum(seeds[j]),
                                  contaminated=self._contamination(r)))
             self.store.append(runstore.SYNTHETIC, rows)
+            fault_point("generate", iteration)  # samples on disk, not yet counted in state.json
             state = self._save(state, n_synthetic=state["n_synthetic"] + len(rows))
             pbar.update(len(rows))
             if len(records) < len(part):  # the budget stopped the dispatcher
@@ -365,6 +376,7 @@ class Coordinator:
         state.update(changes)
         state["phase"] = Phase(state["phase"]).value
         state["ledger"] = self.ledger.to_dict()
+        fault_point(f"save-{state['phase']}", state["iteration"])  # its logs written, state not
         self.store.save_state(state)
         return state
 

@@ -337,3 +337,65 @@ def test_an_exception_in_the_method_is_not_retried(ray_session):
         assert group.restarts == 0
     finally:
         group.shutdown()
+
+
+# ------------------------------------------------------------------ network exposure
+EXPOSURE_PROBE = r'''
+import json, socket, sys, time, urllib.request
+import psutil, ray
+from activesyn_ray.config import config_from_dict
+from activesyn_ray.runtime import init_ray
+from activesyn_ray.tasks import build_task
+from activesyn_ray.teacher.serve import ServeDispatcher
+
+cfg = config_from_dict({"task": {"kind": "gym", "name": "basic_arithmetic", "seed_size": 8,
+                                 "test_size": 4},
+                        "teacher": {"engine": "procedural", "model": "tiny", "replicas": 1,
+                                    "serve": {"enabled": True}},
+                        "resources": {"local_num_cpus": 2, "teacher": {"num_cpus": 0.5}}})
+init_ray(cfg.resources, log_to_driver=False)             # the run's own local Ray
+d = ServeDispatcher(cfg=cfg, task=build_task(cfg.task, seed=0))  # the teacher's Serve app
+time.sleep(2)
+ours = {p.pid: (p.cmdline() or ["?"])[0] for p in psutil.Process().children(recursive=True)}
+listen = [(c.laddr.ip, c.laddr.port, ours[c.pid]) for c in psutil.net_connections("inet")
+          if c.status == psutil.CONN_LISTEN and c.pid in ours]
+http = {}
+for ip, port, who in listen:  # which of them speak HTTP, and is any the dashboard's API?
+    try:
+        r = urllib.request.urlopen(f"http://127.0.0.1:{port}/api/version", timeout=2)
+        http[port] = [who, r.status, r.read(200).decode("utf-8", "replace")]
+    except Exception as e:
+        http[port] = [who, type(e).__name__]
+from ray import serve
+st = serve.status()
+print("PROBE " + json.dumps({
+    "webui_url": ray._private.worker.global_worker.node.address_info.get("webui_url"),
+    "dashboard_procs": [c for c in ours.values() if "dashboard/dashboard.py" in c],
+    "proxies": {k: str(v.status) for k, v in (st.proxies or {}).items()},
+    "listen": listen, "http": http}))
+d.shutdown()
+'''
+
+
+def test_no_dashboard_and_no_serve_http_endpoint():
+    """The run's local Ray (runtime.init_ray) has no dashboard (UI, REST and job-submission API),
+    and the teacher's Serve app (teacher.serve.enabled) no HTTP proxy: it is reached through its
+    handle only. Real objects in a subprocess; every listening socket of that Ray is recorded."""
+    import json
+    import subprocess
+    import sys
+
+    res = subprocess.run([sys.executable, "-c", EXPOSURE_PROBE], capture_output=True, text=True,
+                         timeout=600, env=dict(os.environ, RAY_DEDUP_LOGS="0"))
+    line = next((ln for ln in res.stdout.splitlines() if ln.startswith("PROBE ")), None)
+    assert line, (res.stdout + res.stderr)[-3000:]
+    probe = json.loads(line[len("PROBE "):])
+    print("\nlistening sockets of the run's Ray:")
+    for ip, port, who in probe["listen"]:
+        print(f"  {ip}:{port}  {who[-40:]}  http: {probe['http'][str(port)][1:]}")
+    assert not probe["webui_url"] and probe["dashboard_procs"] == []
+    assert probe["proxies"] == {}  # Serve started with proxy_location=Disabled
+    ports = {port for _, port, _ in probe["listen"]}
+    assert 8265 not in ports and 8000 not in ports  # the dashboard's and Serve's default ports
+    for port, (who, *status) in probe["http"].items():  # nothing answers the dashboard's API
+        assert not (status[0] == 200 and "ray_version" in status[-1]), (port, who, status)
