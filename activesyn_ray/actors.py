@@ -45,6 +45,12 @@ log = logging.getLogger("activesyn")
 PEER_GRACE_S = 10.0
 
 
+def last_line(err: BaseException) -> str:
+    """The `Type: message` line that ends a remote traceback (one line for the console)."""
+    lines = [ln.strip() for ln in str(err).splitlines() if ln.strip()]
+    return (lines[-1] if lines else type(err).__name__)[:300]
+
+
 class ActorFault(Exception):
     """Ranks of a group died or hung during one call; `ActorGroup.retry` restarts them."""
 
@@ -171,7 +177,10 @@ class ActorGroup:
             for ref in ready:
                 try:
                     results[refs[ref]] = ray.get(ref)
-                except ray.exceptions.RayActorError:
+                except ray.exceptions.RayActorError as err:
+                    if "creation task" in str(err):  # its constructor raised: so would a restart
+                        raise ActorGroupError(f"{self.name}: rank {refs[ref]} failed to start: "
+                                              f"{last_line(err)}") from None
                     died.append(refs[ref])
                 except ray.exceptions.RayTaskError as err:
                     own_error = own_error or err

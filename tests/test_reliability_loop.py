@@ -4,10 +4,11 @@
   * a scorer killed mid-scoring and a trainer rank killed mid-training (SIGKILL of the actor's
     process, found by its Ray process title `ray::ScorerWorker.score` / `ray::TrainerWorker.train`)
     are restarted, the phase redone, and the run ends in the reference's state;
-  * the driver (and the local Ray it started) SIGKILLed at named points -- mid-generation (samples on
-    disk, not yet counted), during training, while writing state (metrics and checkpoint written,
-    state.json not), while scoring the next round -- and `activesyn resume` ends in the reference's
-    state: same samples, each generated and charged once, same accuracies.
+  * the driver (and the local Ray it started) SIGKILLed at four points of one run -- while writing
+    state (metrics and checkpoint written, state.json not), while scoring the next round,
+    mid-generation (samples on disk, not yet counted), during training -- each followed by
+    `activesyn resume`, ends in the reference's state: same samples, each generated and charged
+    once, same scores, losses and accuracies.
 
 Real stack, CPU-sized (tiny LoRA student, 2 DeepSpeed ranks, 2 scorer shards, procedural teacher,
 2 iterations of 4 samples). The coordinator's kill points are `coordinator.fault_point` (env
@@ -111,17 +112,21 @@ def run_args(run_dir: Path, *extra: str) -> list[str]:
 
 def final_state(run_dir: Path) -> dict:
     """What must match between two runs: every sample (minus wall-clock fields) in order, each
-    metrics row's accuracies and counts, the ledger's counters."""
+    metrics row's accuracies, counts and training losses, every score the student gave (seeds and
+    samples: they move with the student's weights, the accuracies of this tiny student sit at 0),
+    the ledger's counters."""
     store = runstore.RunStore(run_dir)
     synth = [{k: v for k, v in r.items() if k not in TIMING} for r in store.read(runstore.SYNTHETIC)]
     metrics = [{k: m[k] for k in ("iteration", "samples", "train_size", "teacher_tokens",
                                   "accuracy", "accuracy_by_stratum", "val_accuracy",
-                                  "selected_by_stratum", "contaminated", "failed_parses")}
+                                  "selected_by_stratum", "contaminated", "failed_parses",
+                                  "train_loss_first", "train_loss_last")}
                for m in store.read(runstore.METRICS)]
     state = store.load_state()
     ledger = {k: state["ledger"][k] for k in ("samples", "requests", "prompt_tokens",
                                               "completion_tokens")}
-    return {"synthetic": synth, "metrics": metrics, "ledger": ledger, "done": state.get("done")}
+    return {"synthetic": synth, "metrics": metrics, "scores": store.read(runstore.SCORES),
+            "ledger": ledger, "done": state.get("done")}
 
 
 def assert_same_final_state(run_dir: Path, reference: dict) -> dict:
@@ -133,6 +138,7 @@ def assert_same_final_state(run_dir: Path, reference: dict) -> dict:
     assert [m["accuracy"] for m in got["metrics"]] == [m["accuracy"] for m in reference["metrics"]]
     assert got["metrics"] == reference["metrics"]
     assert got["synthetic"] == reference["synthetic"]
+    assert got["scores"] == reference["scores"]
     return got
 
 
@@ -167,54 +173,52 @@ def test_killed_scorer_and_trainer_rank_are_restarted_and_the_run_unchanged(refe
     out = cli.finish()
     restarts = [ln.strip() for ln in out.splitlines() if "redoing the call" in ln]
     print("\n" + "\n".join(restarts))
-    assert any(f"scorers: rank" in ln and "died during 'score'" in ln for ln in restarts), out[-3000:]
+    assert any("scorers: rank" in ln and "died during 'score'" in ln for ln in restarts), out[-3000:]
     assert any("trainer: rank" in ln and "restarting the whole group" in ln for ln in restarts)
     assert_same_final_state(run_dir, reference)
 
 
-# point name -> (ACTIVESYN_FAULT_AT, what must hold in the killed run directory)
-KILL_POINTS = {
-    # mid-generation: iteration 2's samples appended to synthetic.jsonl, state.json not yet counting
-    "generate": "generate:2",
-    # during training: a DeepSpeed rank inside train() of iteration 2 (no hook: its process title)
-    "train": None,
-    # while writing state: iteration 1's metrics row and checkpoint written, state.json not
-    "state": "save-evaluated:1",
-    # the next round's scoring, after iteration 1 was saved (the student must be round 1's again)
-    "score": "score:2",
-}
+def test_driver_killed_at_four_points_resumes_to_the_same_final_state(reference, tmp_path):
+    """One run, killed four times in the order the points come (each kill hits a resumed run):
+    the driver and its local Ray SIGKILLed, then `activesyn resume`; finally resumed to the end."""
+    run_dir = tmp_path / "killed"
+    synth_path, metrics_path = run_dir / runstore.SYNTHETIC, run_dir / runstore.METRICS
+    seen = []
 
+    def kill_at(cli, point):
+        if point == "train":  # no hook: a DeepSpeed rank inside train() of iteration 2
+            cli.wait_for(lambda: len(list(runstore.read_jsonl(metrics_path))) >= 2
+                         and cli.busy("TrainerWorker.train"), "iteration 2's training")
+        else:
+            cli.wait_for(lambda: f"fault point {point} reached" in cli.out, f"fault point {point}")
+        cli.kill()
+        state = runstore.RunStore(run_dir).load_state()
+        disk = (len(list(runstore.read_jsonl(synth_path))), len(list(runstore.read_jsonl(metrics_path))))
+        seen.append(f"{point}: phase={state['phase']} iteration={state['iteration']} samples on "
+                    f"disk {disk[0]} (state counts {state['n_synthetic']}), metrics rows {disk[1]} "
+                    f"(state counts {state['n_metrics']})")
+        assert not state.get("done")
+        return state, disk
 
-@pytest.mark.parametrize("point", sorted(KILL_POINTS))
-def test_driver_killed_at_a_point_resumes_to_the_same_final_state(point, reference, tmp_path):
-    run_dir = tmp_path / point
-    hook = KILL_POINTS[point]
-    cli = Cli(*run_args(run_dir), env={"ACTIVESYN_FAULT_AT": hook} if hook else None)
-    if hook:
-        cli.wait_for(lambda: f"fault point {hook} reached" in cli.out, f"fault point {hook}")
-    else:  # the second training (iteration 2): after iteration 1's metrics row is on disk
-        cli.wait_for(lambda: len(list(runstore.read_jsonl(run_dir / runstore.METRICS))) >= 2
-                     and cli.busy("TrainerWorker.train"), "iteration 2's training")
-    cli.kill()
-    store = runstore.RunStore(run_dir)
-    state = store.load_state()
-    n_synth = len(list(runstore.read_jsonl(run_dir / runstore.SYNTHETIC)))
-    n_metrics = len(list(runstore.read_jsonl(run_dir / runstore.METRICS)))
-    print(f"\nkilled at {point}: phase={state['phase']} iteration={state['iteration']} "
-          f"samples on disk {n_synth} (state counts {state['n_synthetic']}), metrics rows "
-          f"{n_metrics} (state counts {state['n_metrics']})")
-    assert not state.get("done")
-    if point == "generate":  # samples on disk that the state does not count yet
-        assert n_synth > state["n_synthetic"]
-    if point == "state":  # a metrics row on disk that the state does not count yet
-        assert n_metrics > state["n_metrics"]
+    # 1. while writing state: iteration 1's metrics row and checkpoint written, state.json not
+    state, disk = kill_at(Cli(*run_args(run_dir), env={"ACTIVESYN_FAULT_AT": "save-evaluated:1"}),
+                          "save-evaluated:1")
+    assert disk[1] == state["n_metrics"] + 1 and state["phase"] == "scored"
+    # 2. scoring the next round: the resumed run must score with round 1's student, not the base
+    state, _ = kill_at(Cli("resume", str(run_dir), env={"ACTIVESYN_FAULT_AT": "score:2"}), "score:2")
+    assert (state["phase"], state["iteration"]) == ("selecting", 2)
+    # 3. mid-generation: iteration 2's samples on disk, not yet counted in state.json
+    state, disk = kill_at(Cli("resume", str(run_dir), env={"ACTIVESYN_FAULT_AT": "generate:2"}),
+                          "generate:2")
+    assert disk[0] > state["n_synthetic"]
+    # 4. during training (iteration 2)
+    state, _ = kill_at(Cli("resume", str(run_dir)), "train")
+    assert state["iteration"] == 2 and state["phase"] in ("generated", "scored")
+    print("\n" + "\n".join(seen))
 
     Cli("resume", str(run_dir)).finish()
     got = assert_same_final_state(run_dir, reference)
+    synth = runstore.RunStore(run_dir).read(runstore.SYNTHETIC)  # tokens charged exactly once
+    assert runstore.RunStore(run_dir).load_state()["ledger"]["tokens"] == \
+        sum(r["prompt_tokens"] + r["completion_tokens"] for r in synth)
     assert got["ledger"]["samples"] == 8
-    synth = store.read(runstore.SYNTHETIC)  # tokens charged exactly once
-    assert state_tokens(run_dir) == sum(r["prompt_tokens"] + r["completion_tokens"] for r in synth)
-
-
-def state_tokens(run_dir: Path) -> int:
-    return runstore.RunStore(run_dir).load_state()["ledger"]["tokens"]

@@ -105,6 +105,24 @@ class StudentPool:
         self.adapter_ref = ray.put(state)  # the ONE put: every scorer reads this same object
         self.scorers.run("load_adapter", self.adapter_ref)
 
+    def restore_adapter(self, folder) -> bool:
+        """Resume: push the adapter checkpointed in `folder` (a save_adapter folder) to the
+        scorers, and keep its files for the next save, so a resumed run scores and saves with the
+        student it had, not the base. False when there is no such checkpoint."""
+        from pathlib import Path
+
+        import torch
+        from safetensors.torch import load_file
+
+        folder = Path(folder)
+        weights = sorted(folder.glob("*.safetensors"))
+        if not weights:
+            return False
+        state = {k: v.to(torch.float32) for f in weights for k, v in load_file(f).items()}
+        self._adapter_files = {f.name: f.read_bytes() for f in folder.iterdir() if f.is_file()}
+        self.push_adapter(state)
+        return True
+
     def adapter_state(self) -> dict | None:
         """The adapter last pushed to the scorers (None before the first training)."""
         return None if self.adapter_ref is None else ray.get(self.adapter_ref)
