@@ -118,7 +118,12 @@ class StudentPool:
         weights = sorted(folder.glob("*.safetensors"))
         if not weights:
             return False
-        state = {k: v.to(torch.float32) for f in weights for k, v in load_file(f).items()}
+        if self.cfg.student.lora is not None:  # the PEFT file holds get_peft_model_state_dict
+            state = {k: v.to(torch.float32) for f in weights for k, v in load_file(f).items()}
+        else:  # a full model folder: load it, so tied weights save_pretrained left out come back
+            from transformers import AutoModelForCausalLM
+
+            state = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).state_dict()
         self._adapter_files = {f.name: f.read_bytes() for f in folder.iterdir() if f.is_file()}
         self.push_adapter(state)
         return True
