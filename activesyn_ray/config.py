@@ -163,6 +163,13 @@ class StudentConfig(_Group):
     """Score this round's new samples (for the seed-vs-sample rank correlation) on the scorer
     shards WHILE the trainer ranks train, instead of before; the same scores (the scorers keep the
     previous adapter until that call is done)."""
+    call_timeout_s: float | None = Field(3600, gt=0)
+    """Longest one trainer or scorer call (a training round, a scoring or evaluation pass) may take
+    (seconds; null: no limit). Past it the call's ranks are taken as hung: restarted like dead ones
+    and the phase redone. Size it above your slowest honest round."""
+    max_restarts: int = Field(2, ge=0)
+    """Restarts per phase when a trainer rank or scorer dies or hangs (the trainer restarts as a
+    whole group: its ranks are one DeepSpeed collective); then the run stops with the reason."""
 
     @model_validator(mode="after")
     def _vllm_serves_adapters(self) -> "StudentConfig":

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import time
 from collections import Counter
 from enum import Enum
@@ -65,6 +66,14 @@ class Phase(str, Enum):
 _OLD_PHASES = {"scored-synthetic": Phase.SCORED}  # run directories written by earlier versions
 
 
+def fault_point(name: str, iteration: int) -> None:
+    """Test hook (tests/test_reliability_loop.py): with ACTIVESYN_FAULT_AT=name:iteration the
+    coordinator announces the point and waits there, so the test SIGKILLs the driver exactly at it."""
+    if os.environ.get("ACTIVESYN_FAULT_AT") == f"{name}:{iteration}":
+        print(f"[activesyn] fault point {name}:{iteration} reached", flush=True)
+        time.sleep(3600)
+
+
 class Coordinator:
     def __init__(self, *, run_dir: str):
         self.store = RunStore(run_dir)
@@ -98,7 +107,9 @@ class Coordinator:
         if state.get("done"):
             return self.summary()
         self._start_pools()
-        self._restore_adapter(state)
+        if state["n_metrics"]:  # resumed: scorers start from the base; restore the last student
+            last = self.store.read(runstore.METRICS)[-1]["iteration"]
+            self.student.restore_adapter(self.store.checkpoints / f"round-{last}")
         pbar = tqdm(total=self.cfg.budget.samples or None, desc=f"{self.cfg.name}: synthetic samples")
         pbar.update(self.ledger.samples)
         if state["n_metrics"] == 0:
@@ -176,6 +187,7 @@ class Coordinator:
         fused pass the previous evaluation already scored the pool (same adapter) and stored the
         rows in scores.jsonl: they are read back, in the uninterrupted run and after a resume
         alike, so both select from the same numbers."""
+        fault_point("score", iteration)
         if not self.strategy.needs:
             return SeedScores()
         if self._fusable() and (stored := self._stored_pool_scores(iteration)) is not None:
@@ -254,6 +266,7 @@ class Coordinator:
                                  seed_index=state["selected"][j], stratum=stratum(seeds[j]),
                                  contaminated=self._contamination(r)))
             self.store.append(runstore.SYNTHETIC, rows)
+            fault_point("generate", iteration)  # samples on disk, not yet counted in state.json
             state = self._save(state, n_synthetic=state["n_synthetic"] + len(rows))
             pbar.update(len(rows))
             if len(records) < len(part):  # the budget stopped the dispatcher
@@ -406,27 +419,6 @@ class Coordinator:
             cols[JUDGE] = np.asarray(self.teacher.judge(pairs, iteration=iteration), dtype=float)
         return cols
 
-    def _restore_adapter(self, state: dict) -> None:
-        """A resumed run's scorers start from the base model: give them the adapter of the last
-        evaluated round (its checkpoint), the one the interrupted iteration scored with, so any
-        score recomputed after a resume equals the uninterrupted run's."""
-        if not (self.strategy.iterative and self.strategy.needs) or state["n_metrics"] == 0:
-            return
-        last = self.store.read(runstore.METRICS)[-1]["iteration"]
-        if last == 0:  # the starting student: the base model the scorers already hold
-            return
-        folder = self.store.checkpoints / f"round-{last}"
-        files = sorted(folder.glob("*.safetensors"))
-        if not files:
-            raise RuntimeError(f"{folder}: no *.safetensors; resuming needs the adapter of round "
-                               f"{last} to score the seed pool as the interrupted run did")
-        from safetensors.torch import load_file
-
-        weights: dict = {}
-        for f in files:
-            weights.update(load_file(str(f)))
-        self.student.push_adapter({k: v.float() for k, v in weights.items()})
-
     def _score_examples(self, examples: list[Example], iteration: int) -> SeedScores:
         student_needs = self._student_needs()
         cols = self.student.score(examples, student_needs) if student_needs else {}
@@ -485,6 +477,7 @@ class Coordinator:
         state.update(changes)
         state["phase"] = Phase(state["phase"]).value
         state["ledger"] = self.ledger.to_dict()
+        fault_point(f"save-{state['phase']}", state["iteration"])  # its logs written, state not
         self.store.save_state(state)
         return state
 

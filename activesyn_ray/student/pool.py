@@ -47,38 +47,62 @@ class StudentPool:
         self.shared_pg = placement.reserve_shared(
             "student", [res.trainer, res.scorers], strategy=res.trainer.placement_strategy,
             timeout_s=res.placement_timeout_s) if res.colocate_scorers else None
+        # A rank that dies or hangs (student.call_timeout_s) is restarted and the phase redone:
+        # the trainer as a whole (DeepSpeed ranks are one collective), a scorer alone.
+        retry = dict(call_timeout_s=cfg.student.call_timeout_s,
+                     max_restarts=cfg.student.max_restarts,
+                     settings_hint="student.max_restarts, student.call_timeout_s")
         self.trainers = ActorGroup(TrainerWorker, name="trainer", resources=res.trainer,
                                    init_kwargs=dict(cfg=cfg), placement_group=self.shared_pg,
-                                   placement_timeout_s=res.placement_timeout_s)
-        # OpenRLHF-style rendezvous: rank 0 names the address, every rank joins the process group.
-        addr, port = ray.get(self.trainers.actors[0].get_master_addr_port.remote())
-        ray.get(self.trainers.call("init_distributed", master_addr=addr, master_port=port))
+                                   placement_timeout_s=res.placement_timeout_s,
+                                   collective=True, setup=self._rendezvous, **retry)
+        self.trainers.set_up()
         self.scorers = ActorGroup(ScorerWorker, name="scorers", resources=res.scorers,
                                   init_kwargs=dict(cfg=cfg, batch_size=score_batch_size),
                                   placement_group=self.shared_pg,
-                                  placement_timeout_s=res.placement_timeout_s)
+                                  placement_timeout_s=res.placement_timeout_s,
+                                  setup=self._reload_adapter, **retry)
+        self._adapter_files: dict | None = None  # the last trained adapter's folder, as bytes
         self.adapter_ref: ray.ObjectRef | None = None
         self.adapter_bytes = 0
+
+    # ------------------------------------------------------------------ restarts
+    def _rendezvous(self, ranks: list[int]) -> None:
+        """OpenRLHF-style: rank 0 names the address, every rank joins the process group (after a
+        restart all ranks are new, so this is the group's set-up again)."""
+        addr, port = self.trainers.gather("get_master_addr_port", ranks=[0])[0]
+        self.trainers.gather("init_distributed", master_addr=addr, master_port=port)
+
+    def _reload_adapter(self, ranks: list[int]) -> None:
+        """A restarted scorer starts from the base: give it the current adapter."""
+        self.scorers.gather("load_adapter", self.adapter_ref, ranks=ranks)
 
     # ------------------------------------------------------------------ training
     def _on_all_ranks_if_zero3(self, method: str, *args, **kwargs):
         """ZeRO-3 shards the weights, so every rank takes part in gathering them; otherwise rank 0
         has everything and the other ranks stay idle."""
-        if self.cfg.student.zero_stage == 3:
-            return ray.get(self.trainers.call(method, *args, **kwargs))[0]
-        return ray.get(getattr(self.trainers.actors[0], method).remote(*args, **kwargs))
+        ranks = None if self.cfg.student.zero_stage == 3 else [0]
+        return self.trainers.gather(method, *args, ranks=ranks, **kwargs)[0]
 
     def train(self, examples: list[Example], round: int, wait_for: list = ()) -> dict:
         """Train on `examples` (all synthetic data so far) and push the new adapter to the scorers.
+        Training and fetching its result are one phase: a trainer restart loses the trained
+        weights, so a failure anywhere in it redoes the training (deterministic given the data).
         wait_for: scorer calls still running under the previous adapter (score_submit); the new
         one is pushed only after they end (scorer actors are threaded: no queue order to rely on)."""
         data = [{"question": e.question, "target": self.task.target(e)} for e in examples]
         data_ref = ray.put(data)  # one copy in the object store, read by every rank
-        metrics = ray.get(self.trainers.call("train", data_ref, round=round))[0]
+
+        def phase():
+            metrics = self.trainers.gather("train", data_ref, round=round)[0]
+            t0 = time.perf_counter()
+            state = self._on_all_ranks_if_zero3("adapter_state")
+            files = self._on_all_ranks_if_zero3("adapter_files")
+            return metrics, state, files, t0
+
+        metrics, state, self._adapter_files, t0 = self.trainers.retry(phase)
         if wait_for:
             ray.wait(list(wait_for), num_returns=len(wait_for))  # errors surface in their collect
-        t0 = time.perf_counter()
-        state = self._on_all_ranks_if_zero3("adapter_state")
         self.push_adapter(state)
         metrics.update(samples_per_s=metrics["samples"] / max(metrics["loop_seconds"], 1e-9),
                        adapter_bytes=self.adapter_bytes, sync_seconds=time.perf_counter() - t0)
@@ -89,11 +113,34 @@ class StudentPool:
         way to restore a checkpointed adapter on resume."""
         if state is None:
             self.adapter_ref, self.adapter_bytes = None, 0
-            ray.get(self.scorers.call("load_adapter", None))
+            self.scorers.run("load_adapter", None)
             return
         self.adapter_bytes = state_bytes(state)
         self.adapter_ref = ray.put(state)  # the ONE put: every scorer reads this same object
-        ray.get(self.scorers.call("load_adapter", self.adapter_ref))
+        self.scorers.run("load_adapter", self.adapter_ref)
+
+    def restore_adapter(self, folder) -> bool:
+        """Resume: push the adapter checkpointed in `folder` (a save_adapter folder) to the
+        scorers, and keep its files for the next save, so a resumed run scores and saves with the
+        student it had, not the base. False when there is no such checkpoint."""
+        from pathlib import Path
+
+        import torch
+        from safetensors.torch import load_file
+
+        folder = Path(folder)
+        weights = sorted(folder.glob("*.safetensors"))
+        if not weights:
+            return False
+        if self.cfg.student.lora is not None:  # the PEFT file holds get_peft_model_state_dict
+            state = {k: v.to(torch.float32) for f in weights for k, v in load_file(f).items()}
+        else:  # a full model folder: load it, so tied weights save_pretrained left out come back
+            from transformers import AutoModelForCausalLM
+
+            state = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).state_dict()
+        self._adapter_files = {f.name: f.read_bytes() for f in folder.iterdir() if f.is_file()}
+        self.push_adapter(state)
+        return True
 
     def adapter_state(self) -> dict | None:
         """The adapter last pushed to the scorers (None before the first training)."""
@@ -101,17 +148,21 @@ class StudentPool:
 
     def train_loss(self, examples: list[Example]) -> float:
         data = [{"question": e.question, "target": self.task.target(e)} for e in examples]
-        return ray.get(self.trainers.call("train_loss", data))[0]
+        return self.trainers.run("train_loss", data)[0]
 
     def save_adapter(self, path: str) -> str:
         """PEFT folder loadable with `PeftModel.from_pretrained(base, path)`, written HERE (the
         caller's node: the coordinator's, where the run directory lives), atomically: the files come
-        from rank 0 as bytes, go to a temp folder, and the folder is renamed into place."""
+        from rank 0 as bytes (kept from the last training: a trainer restarted since then no longer
+        holds it), go to a temp folder, and the folder is renamed into place."""
         import os
         import shutil
         from pathlib import Path
 
-        files = self._on_all_ranks_if_zero3("adapter_files")
+        # Not trained in this pool yet: every rank builds its engine (a DeepSpeed collective; rank
+        # 0 alone would wait for the others forever), rank 0 returns the files.
+        files = self._adapter_files if self._adapter_files is not None else \
+            self.trainers.run("adapter_files")[0]
         dest = Path(path)
         tmp = dest.with_name(f".{dest.name}.tmp{os.getpid()}")
         shutil.rmtree(tmp, ignore_errors=True)
@@ -128,35 +179,14 @@ class StudentPool:
         """The columns `needs` asks for over `seeds`, in order, sharded over the scorer actors.
         Only what the needs imply is computed (student/scoring.py has the table); `answer_text`
         and `correct` come along whenever the greedy answer was decoded anyway."""
-        if "reward" in needs and not self.cfg.selection.reward_model:
-            raise ValueError("selection.reward_model: a reward model is required to score "
-                             "'reward' (a model folder, `verifier`, or tiny-reward for tests)")
-        verifier = "reward" in needs and self.cfg.selection.reward_model == "verifier"
-        if verifier:  # rule-based reward (the task's checker): no reward model on the scorers
-            needs = (set(needs) - {"reward"}) | {"correct"}
+        needs, verifier = self._scorer_needs(needs)
         items = [{"question": e.question, "answer": self.task.target(e)} for e in seeds]
-        rows = self.scorers.gather_sharded("score", items, needs=sorted(needs))
-        have = set(rows[0]) if rows else set(needs) | ({"answer_text"} if needs & DECODED else set())
-        cols: dict[str, np.ndarray | list] = {
-            name: np.array([r[name] for r in rows], dtype=np.float64)
-            for name in ("loss", "loss_gt", "entropy", "reward") if name in have}
-        if "answer_text" in have:
-            cols["answer_text"] = [r["answer_text"] for r in rows]
-            cols["correct"] = np.array([float(self.task.check_completion(e, t))
-                                        for e, t in zip(seeds, cols["answer_text"])])
-        if "grad_embed" in needs:
-            cols["grad_embed"] = np.stack([r["grad_embed"] for r in rows]).astype(np.float64) \
-                if rows else np.zeros((0, 0))
-        if verifier:
-            cols["reward"] = cols["correct"].copy()
-        return cols
+        rows = self.scorers.run_sharded("score", items, needs=sorted(needs))
+        return self._columns(seeds, rows, needs, verifier)
 
     def evaluate(self, test: list[Example]) -> dict:
         items = [{"question": e.question} for e in test]
-        completions = self.scorers.gather_sharded("generate", items)
-        correct = [bool(self.task.check_completion(e, c)) for e, c in zip(test, completions)]
-        return {"accuracy": float(np.mean(correct)) if correct else 0.0, "n": len(test),
-                "correct": correct, "completions": completions}
+        return self._evaluation(test, self.scorers.run_sharded("generate", items))
 
     # ------------------------------------------------------------------ fused / overlapped calls
     def _scorer_needs(self, needs) -> tuple[set[str], bool]:
@@ -170,7 +200,8 @@ class StudentPool:
 
     def _columns(self, seeds: list[Example], rows: list[dict], needs: set[str], verifier: bool
                  ) -> dict[str, np.ndarray | list]:
-        """Scorer rows -> the columns `score` returns (the same assembly as `score`)."""
+        """Scorer rows -> named columns; `answer_text` and `correct` come along whenever the
+        greedy answer was decoded anyway."""
         have = set(rows[0]) if rows else set(needs) | ({"answer_text"} if needs & DECODED else set())
         cols: dict[str, np.ndarray | list] = {
             name: np.array([r[name] for r in rows], dtype=np.float64)
@@ -201,8 +232,8 @@ class StudentPool:
         eval_parts = shard([{"question": e.question} for e in test], n)
         pool_parts = shard([{"question": e.question, "answer": self.task.target(e)}
                             for e in seeds], n)
-        parts = ray.get([a.evaluate_and_score.remote(ev, po, needs=sorted(needs))
-                         for a, ev, po in zip(self.scorers.actors, eval_parts, pool_parts)])
+        parts = self.scorers.retry(lambda: self.scorers.gather(  # a dead/hung shard: redone
+            "evaluate_and_score", per_rank=list(zip(eval_parts, pool_parts)), needs=sorted(needs)))
         ev = self._evaluation(test, [c for p in parts for c in p["completions"]])
         ev["shard_seconds"] = [p["seconds"] for p in parts]
         return ev, self._columns(seeds, [r for p in parts for r in p["rows"]], needs, verifier)

