@@ -154,7 +154,7 @@ class Coordinator:
             if state["phase"] == Phase.GENERATED:
                 pending = self._score_synthetic_submit(it)
                 if pending is not None:  # the scorers score the new samples while the ranks train
-                    train = self.train(it, self._synthetic(), wait_for=pending.refs)
+                    train = self.train(it, self._synthetic(), settle_first=pending)
                 state = self.score_synthetic(state, it, pending=pending)
             if state["phase"] == Phase.SCORED:
                 if train is None:
@@ -319,18 +319,18 @@ class Coordinator:
             self._phase_s["score_synthetic"] = time.perf_counter() - t0
         return self._save(state, phase=Phase.SCORED)
 
-    def train(self, iteration: int, records: list[dict], wait_for: list = ()) -> dict:
+    def train(self, iteration: int, records: list[dict], settle_first=None) -> dict:
         """Step 4: the student on every clean sample so far (parsed, not contaminated).
-        wait_for: scorer calls (overlapped score-synthetic) that must end before the new adapter
-        reaches the scorers."""
+        settle_first: scorer calls (overlapped score-synthetic) that must end before the new
+        adapter reaches the scorers."""
         data = [Example.from_dict(r["example"]) for r in records
                 if r["parsed"] and not r.get("contaminated")]
         t0 = time.perf_counter()
         if data:
-            metrics = self.student.train(data, round=iteration, wait_for=wait_for)
+            metrics = self.student.train(data, round=iteration, settle_first=settle_first)
         else:
-            if wait_for:
-                ray.wait(list(wait_for), num_returns=len(wait_for))
+            if settle_first is not None:
+                settle_first.settle()
             metrics = {}
         self._phase_s["train"] = time.perf_counter() - t0
         return dict(metrics, train_size=len(data))

@@ -12,6 +12,7 @@ the object store: only the LoRA weights (KB-MB) move between actors, never the b
 
 from __future__ import annotations
 
+import logging
 import time
 
 import numpy as np
@@ -28,14 +29,30 @@ def state_bytes(state: dict) -> int:
     return int(sum(t.numel() * t.element_size() for t in state.values()))
 
 
-class PendingScores:
-    """Scorer calls in flight (StudentPool.score_submit); result() waits and returns the columns."""
+log = logging.getLogger(__name__)
 
-    def __init__(self, refs: list, assemble):
-        self.refs, self._assemble = refs, assemble
+
+class PendingScores:
+    """Scorer calls in flight (StudentPool.score_submit). settle() waits for them; a shard that
+    died meanwhile is restarted and the call redone (under the same adapter: settle() comes before
+    the next push). result() returns the columns."""
+
+    def __init__(self, refs: list, assemble, redo):
+        self.refs, self._assemble, self._redo = refs, assemble, redo
+        self._rows: list[dict] | None = None
+
+    def settle(self) -> None:
+        if self._rows is None:
+            try:
+                self._rows = [r for part in ray.get(self.refs) for r in part]
+            except ray.exceptions.RayActorError as err:
+                log.warning("a scorer died while scoring in the background (%s); redoing it",
+                            type(err).__name__)
+                self._rows = self._redo()
 
     def result(self) -> dict[str, np.ndarray | list]:
-        return self._assemble([r for part in ray.get(self.refs) for r in part])
+        self.settle()
+        return self._assemble(self._rows)
 
 
 class StudentPool:
@@ -84,12 +101,13 @@ class StudentPool:
         ranks = None if self.cfg.student.zero_stage == 3 else [0]
         return self.trainers.gather(method, *args, ranks=ranks, **kwargs)[0]
 
-    def train(self, examples: list[Example], round: int, wait_for: list = ()) -> dict:
+    def train(self, examples: list[Example], round: int,
+              settle_first: PendingScores | None = None) -> dict:
         """Train on `examples` (all synthetic data so far) and push the new adapter to the scorers.
         Training and fetching its result are one phase: a trainer restart loses the trained
         weights, so a failure anywhere in it redoes the training (deterministic given the data).
-        wait_for: scorer calls still running under the previous adapter (score_submit); the new
-        one is pushed only after they end (scorer actors are threaded: no queue order to rely on)."""
+        settle_first: scorer calls still running under the previous adapter (score_submit); the
+        new one is pushed only after they end (scorer actors are threaded: no queue order to rely on)."""
         data = [{"question": e.question, "target": self.task.target(e)} for e in examples]
         data_ref = ray.put(data)  # one copy in the object store, read by every rank
 
@@ -101,8 +119,8 @@ class StudentPool:
             return metrics, state, files, t0
 
         metrics, state, self._adapter_files, t0 = self.trainers.retry(phase)
-        if wait_for:
-            ray.wait(list(wait_for), num_returns=len(wait_for))  # errors surface in their collect
+        if settle_first is not None:
+            settle_first.settle()
         self.push_adapter(state)
         metrics.update(samples_per_s=metrics["samples"] / max(metrics["loop_seconds"], 1e-9),
                        adapter_bytes=self.adapter_bytes, sync_seconds=time.perf_counter() - t0)
@@ -241,11 +259,13 @@ class StudentPool:
     def score_submit(self, seeds: list[Example], needs: set[str]) -> "PendingScores":
         """score(seeds, needs) started now and collected later (`.result()` returns the columns),
         so the scorer shards work while the caller does something else, e.g. train (pass
-        `wait_for=pending.refs` to train so the new adapter waits for this call)."""
+        `settle_first=pending` to train so the new adapter waits for this call)."""
         needs, verifier = self._scorer_needs(needs)
         items = [{"question": e.question, "answer": self.task.target(e)} for e in seeds]
         refs = self.scorers.call_sharded("score", items, needs=sorted(needs))
-        return PendingScores(refs, lambda rows: self._columns(seeds, rows, needs, verifier))
+        return PendingScores(refs, lambda rows: self._columns(seeds, rows, needs, verifier),
+                             redo=lambda: self.scorers.run_sharded("score", items,
+                                                                   needs=sorted(needs)))
 
     # ------------------------------------------------------------------ misc
     def peak_rss(self) -> dict:
