@@ -60,12 +60,18 @@ def bench_one(*, engine: str, replicas: int, args, task, seeds) -> dict:
             "replica_peak_rss_bytes": rss}
 
 
-def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def workload_parser(doc: str) -> argparse.ArgumentParser:
+    """The teacher workload's options, shared by the teacher benchmarks."""
+    ap = argparse.ArgumentParser(description=doc.split("\n\n")[0])
     ap.add_argument("--model", default="smollm2-135m")
     ap.add_argument("--task", default="basic_arithmetic")
     ap.add_argument("--prompts", type=int, default=16)
     ap.add_argument("--max-new-tokens", type=int, default=64)
+    return ap
+
+
+def main(argv=None) -> int:
+    ap = workload_parser(__doc__)
     ap.add_argument("--max-model-len", type=int, default=1024)
     ap.add_argument("--cpus-per-replica", type=float, default=1)
     ap.add_argument("--out", default=None, help="write the results as JSON here")
