@@ -50,6 +50,27 @@ def _run_dir(run: str) -> Path:
     return path
 
 
+def _fail_run(err: Exception, store_root: Path) -> None:
+    """A run stopped by a fault it could not get past (an actor group that kept failing, a teacher
+    that answered nothing, an exception inside an actor): one line on the console, the traceback
+    in run.log, exit 2. Anything else is a bug in this program and keeps its traceback."""
+    import logging
+
+    import ray
+
+    from activesyn_ray.actors import ActorGroupError, last_line
+    from activesyn_ray.teacher.engines.base import TeacherError
+
+    if not isinstance(err, (ActorGroupError, TeacherError, ray.exceptions.RayError)):
+        raise err
+    logging.getLogger("activesyn").error("the run stopped", exc_info=err)
+    cause = getattr(err, "cause", None) or err  # a RayTaskError carries the remote exception
+    where = f"{type(cause).__name__}: " if not str(last_line(cause)).startswith(
+        type(cause).__name__) else ""
+    _fail(f"{where}{last_line(cause)} (traceback in {store_root / 'run.log'}; "
+          f"`activesyn resume {store_root}` continues from the last completed step)")
+
+
 def _drive(store_root: Path, verbose: bool) -> None:
     """Run/resume the loop with quiet console, then push the run directory to its storage URI."""
     from activesyn_ray.coordinator import run_loop
@@ -57,7 +78,10 @@ def _drive(store_root: Path, verbose: bool) -> None:
     from activesyn_ray.storage import remote_of, sync_up
 
     console.print(f"library output: {route_logs(store_root, verbose=verbose)}")
-    run_loop(store_root)
+    try:
+        run_loop(store_root)
+    except Exception as err:
+        _fail_run(err, store_root)
     if not (store_root / "trackers.json").exists():
         # the loop did not track live (a coordinator without the tracking hook): write them now
         from activesyn_ray.tracking import replay

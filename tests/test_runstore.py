@@ -3,6 +3,7 @@ import multiprocessing as mp
 import os
 import signal
 import time
+from pathlib import Path
 
 import pytest
 
@@ -89,3 +90,38 @@ def test_resume_refuses_an_edited_config(tmp_path):
     cfg_path.write_text(cfg_path.read_text().replace("samples: 64", "samples: 640"))
     with pytest.raises(RuntimeError, match="config.yaml was changed"):
         Coordinator(run_dir=str(store.root))
+
+
+def test_a_run_stopped_by_a_fault_prints_one_line_and_keeps_the_traceback(tmp_path, monkeypatch):
+    """An actor group that kept failing reaches the console as one line naming the cause, the run
+    log and how to resume; exit code 2. A plain bug keeps its traceback."""
+    from typer.testing import CliRunner
+
+    import activesyn_ray.coordinator as coordinator
+    from activesyn_ray.actors import ActorGroupError
+    from activesyn_ray.cli import app
+
+    cfg = Path(__file__).resolve().parents[1] / "jobs" / "quickstart.yaml"
+
+    def stops(run_dir):
+        raise ActorGroupError("trainer: rank 1 died during 'train' again after 2 restart(s); "
+                              "giving up (student.max_restarts, student.call_timeout_s)")
+
+    import activesyn_ray.runtime as runtime
+
+    # this process is pytest's: keep its logging as it is (route_logs rewires it for a real run)
+    monkeypatch.setattr(runtime, "route_logs", lambda run_dir, verbose=False: Path(run_dir) / "run.log")
+    monkeypatch.setattr(coordinator, "run_loop", stops)
+    res = CliRunner().invoke(app, ["run", str(cfg), "--run-dir", str(tmp_path / "r")])
+    assert res.exit_code == 2, res.output
+    line = [ln for ln in res.output.splitlines() if "error:" in ln]
+    assert line and "ActorGroupError: trainer: rank 1 died" in " ".join(res.output.split())
+    assert "run.log" in res.output and "activesyn resume" in res.output
+    assert "Traceback" not in res.output
+
+    def bug(run_dir):
+        raise KeyError("a bug")
+
+    monkeypatch.setattr(coordinator, "run_loop", bug)
+    res = CliRunner().invoke(app, ["run", str(cfg), "--run-dir", str(tmp_path / "r2")])
+    assert res.exit_code != 2 and isinstance(res.exception, KeyError)
