@@ -51,6 +51,17 @@ def last_line(err: BaseException) -> str:
     return (lines[-1] if lines else type(err).__name__)[:300]
 
 
+def one_line(err: BaseException | None) -> str:
+    """`Type: message` of an error's cause in one line (a RayTaskError carries the remote
+    exception as `cause`, and its text is a whole traceback)."""
+    if err is None:
+        return "none recorded"
+    cause = getattr(err, "cause", None)
+    cause = cause if isinstance(cause, BaseException) else err
+    lines = [ln for ln in str(cause).splitlines() if ln.strip()]
+    return f"{type(cause).__name__}: {lines[-1] if lines else ''}"[:300]
+
+
 class ActorFault(Exception):
     """Ranks of a group died or hung during one call; `ActorGroup.retry` restarts them."""
 

@@ -58,16 +58,13 @@ def _fail_run(err: Exception, store_root: Path) -> None:
 
     import ray
 
-    from activesyn_ray.actors import ActorGroupError, last_line
+    from activesyn_ray.actors import ActorGroupError, one_line
     from activesyn_ray.teacher.engines.base import TeacherError
 
     if not isinstance(err, (ActorGroupError, TeacherError, ray.exceptions.RayError)):
         raise err
     logging.getLogger("activesyn").error("the run stopped", exc_info=err)
-    cause = getattr(err, "cause", None) or err  # a RayTaskError carries the remote exception
-    where = f"{type(cause).__name__}: " if not str(last_line(cause)).startswith(
-        type(cause).__name__) else ""
-    _fail(f"{where}{last_line(cause)} (traceback in {store_root / 'run.log'}; "
+    _fail(f"{one_line(err)} (traceback in {store_root / 'run.log'}; "
           f"`activesyn resume {store_root}` continues from the last completed step)")
 
 

@@ -412,17 +412,12 @@ class Coordinator:
         needs = set(self.strategy.needs) - {JUDGE}
         return needs | {"answer_text"} if JUDGE in self.strategy.needs else needs
 
-    def _with_judge(self, cols: dict, iteration: int, examples: list[Example] | None = None
-                    ) -> dict:
-        if JUDGE in self.strategy.needs:
-            pairs = list(zip(self.seeds if examples is None else examples, cols["answer_text"]))
-            cols[JUDGE] = np.asarray(self.teacher.judge(pairs, iteration=iteration), dtype=float)
-        return cols
-
     def _score_examples(self, examples: list[Example], iteration: int) -> SeedScores:
         student_needs = self._student_needs()
         cols = self.student.score(examples, student_needs) if student_needs else {}
-        cols = self._with_judge(cols, iteration, examples)
+        if JUDGE in self.strategy.needs:  # never fused: the judge is the teacher, not a scorer
+            pairs = list(zip(examples, cols["answer_text"]))
+            cols[JUDGE] = np.asarray(self.teacher.judge(pairs, iteration=iteration), dtype=float)
         return SeedScores({k: np.asarray(v) for k, v in cols.items() if k != "answer_text"})
 
     def _primary(self, scores: SeedScores) -> np.ndarray | None:

@@ -43,7 +43,7 @@ from typing import Callable, Hashable
 import ray
 from ray.exceptions import ActorUnavailableError, RayActorError
 
-from activesyn_ray.actors import ActorGroup
+from activesyn_ray.actors import ActorGroup, one_line
 from activesyn_ray.teacher.engines import Completion, TeacherError, TeacherRequest
 from activesyn_ray.teacher.replica import TeacherReplica
 
@@ -185,7 +185,7 @@ class Dispatcher:
                 last_err = err
                 self.stats["engine_errors"] += 1
                 log.warning("teacher engine error on replica %s (%d requests go back, one per "
-                            "call): %s", call.key, len(call.batch), _first_line(err))
+                            "call): %s", call.key, len(call.batch), one_line(err))
                 give_back(call.batch, err, split=True)
                 # vLLM's in-process engine keeps a batch that raised mid-step and then never
                 # finishes another call: an engine that raised is not trusted with more work
@@ -211,7 +211,7 @@ class Dispatcher:
         if requests and not done:
             raise TeacherError(f"no teacher request succeeded ({len(requests)} requests, each "
                                f"tried up to {1 + self.max_retries} times); last error: "
-                               f"{_first_line(last_err)}")
+                               f"{one_line(last_err)}")
         return done
 
     def _retryable(self, batch: list[TeacherRequest], err: Exception) -> list[TeacherRequest]:
@@ -223,21 +223,11 @@ class Dispatcher:
             if req.attempts > self.max_retries:
                 self.stats["failed_requests"] += 1
                 log.error("teacher request %s failed %d times, dropped: %s", req.id, req.attempts,
-                          _first_line(err))
+                          one_line(err))
             else:
                 self.stats["retried_requests"] += 1
                 again.append(req)
         return again
-
-
-def _first_line(err: Exception | None) -> str:
-    """The cause of a Ray error in one line (a RayTaskError's text is a whole traceback)."""
-    if err is None:
-        return "none recorded"
-    cause = getattr(err, "cause", None)
-    cause = cause if isinstance(cause, BaseException) else err
-    lines = [ln for ln in str(cause).splitlines() if ln.strip()]
-    return f"{type(cause).__name__}: {lines[-1] if lines else ''}"[:300]
 
 
 def teacher_resources(cfg):
