@@ -86,3 +86,17 @@ def test_truncating_max_seq_len_and_small_question_spaces_warn_with_numbers():
     assert "121 distinct questions in 2,000 draws" in warns[0]
     big = load_config(QUICK, ["task.levels=[{min_digits: 3, max_digits: 3}]", "teacher.engine=procedural"])
     assert check_question_space(big, build_task(big.task, seed=0)) == []
+
+
+LOCAL_JOBS = [QUICK.parent / n for n in ("quickstart.yaml", "loop-timing-cpu.yaml", "pretrained-cpu.yaml")]
+BENCH_LOOP = Path(__file__).resolve().parents[1] / "activesyn_ray" / "benchmarks" / "loop.yaml"
+
+
+@pytest.mark.parametrize("path", LOCAL_JOBS + [BENCH_LOOP], ids=lambda p: p.name)
+def test_shipped_local_jobs_pass_the_length_check(path):
+    """The jobs that run on this machine (and the loop `activesyn bench` runs from the package)
+    start: the check refused bench's loop once (max_new_tokens 8 < 10) and nothing noticed."""
+    cfg = load_config(path)
+    task = build_task(cfg.task, seed=0)
+    seeds, val, test = make_splits(cfg, task)
+    check_lengths(cfg, task, seeds, val + test)  # raises ConfigError on an unscorable answer
