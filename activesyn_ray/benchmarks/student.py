@@ -32,7 +32,8 @@ def parse_args():
     p.add_argument("--micro", type=int, default=4, help="global micro batch (split over ranks)")
     p.add_argument("--max-seq-len", type=int, default=128)
     p.add_argument("--max-new-tokens", type=int, default=16)
-    p.add_argument("--score-batch", type=int, default=8)
+    p.add_argument("--score-batch", type=int, default=16,
+                   help="HF scorer batch (StudentPool default: 16)")
     p.add_argument("--needs", default="loss", help="comma list, e.g. loss,grad_embed")
     p.add_argument("--num-cpus", type=float, default=1, help="CPUs per actor")
     p.add_argument("--num-gpus", type=float, default=0, help="GPUs per actor")
@@ -55,7 +56,7 @@ def main() -> None:
     def cfg_for(ranks: int):
         return config_from_dict({
             "task": {"kind": "gym", "name": "basic_arithmetic",
-                     "seed_size": max(a.train_examples, a.score_examples),
+                     "seed_size": max(a.train_examples, a.score_examples + 2),
                      "test_size": a.eval_examples},
             "student": {"model": a.model, "epochs": a.epochs, "micro_batch_size": a.micro // ranks,
                         "max_seq_len": a.max_seq_len, "max_new_tokens": a.max_new_tokens},
@@ -67,7 +68,9 @@ def main() -> None:
     task = build_task(cfg.task, seed=0)
     seeds, test = task.splits()
     train_data = [{"question": e.question, "target": task.target(e)} for e in seeds[:a.train_examples]]
-    score_items = [{"question": e.question, "answer": task.target(e)} for e in seeds[:a.score_examples]]
+    items = [{"question": e.question, "answer": task.target(e)} for e in seeds]
+    # the warm-up scores OTHER seeds: vLLM's prefix cache would serve a warm-up prompt for free
+    score_items, warm_items = items[:a.score_examples], items[a.score_examples:a.score_examples + 2]
     eval_items = [{"question": e.question} for e in test]
     needs = [n for n in a.needs.split(",") if n]
     paths = [p for p in a.inference.split(",") if p]
@@ -127,7 +130,7 @@ def main() -> None:
                 t0 = time.perf_counter()
                 ray.get(group.call("load_adapter", ref))
                 sync_s = time.perf_counter() - t0
-                group.gather_sharded("score", score_items[:shards], needs=needs)  # warm-up
+                group.gather_sharded("score", warm_items[:shards], needs=needs)  # warm-up
                 t0 = time.perf_counter()
                 rows = group.gather_sharded("score", score_items, needs=needs)
                 score_s = time.perf_counter() - t0

