@@ -79,12 +79,21 @@ def run_bench(*, out: Path, teacher_model: str, student_model: str, prompts: int
               num_gpus: float, parts: list[str], log=print) -> dict:
     results: dict = {"started": time.strftime("%Y-%m-%d %H:%M:%S"), "cpu_count": os.cpu_count(),
                      "loadavg_1m_start": round(os.getloadavg()[0], 2)}
+
+    def save() -> None:
+        """Written after every part: a part that fails later does not take the finished ones."""
+        results["loadavg_1m_end"] = round(os.getloadavg()[0], 2)
+        results["peak_rss_bytes"] = memory(results)
+        results["summary"] = summarize(results)
+        atomic_write_json(out, results)
+
     with tempfile.TemporaryDirectory(prefix="bench-") as tmp:
         if "teacher" in parts:
             path = Path(tmp) / "teacher.json"
             _run([*_module("teacher"), "--model", teacher_model,
                   "--prompts", str(prompts), "--max-new-tokens", str(max_new_tokens), "--out", str(path)], log)
             results["teacher"] = json.loads(path.read_text())
+            save()
         if "student" in parts:
             path = Path(tmp) / "student.json"
             _run([*_module("student"), "--model", student_model,
@@ -93,17 +102,16 @@ def run_bench(*, out: Path, teacher_model: str, student_model: str, prompts: int
                   "--num-gpus", str(num_gpus),
                   "--out", str(path)], log)
             results["student"] = json.loads(path.read_text())
+            save()
     if "loop" in parts:
         results["loop"] = loop_overhead(model=loop_model, budget=loop_budget, k=loop_k, log=log)
+        save()
     if "fusion" in parts:
         with tempfile.TemporaryDirectory(prefix="bench-") as tmp:
             path = Path(tmp) / "fusion.json"
             _run([*_module("loop_timing"), "--repeat", "2", "--out", str(path)], log)
             results["fusion"] = json.loads(path.read_text())
-    results["loadavg_1m_end"] = round(os.getloadavg()[0], 2)
-    results["peak_rss_bytes"] = memory(results)
-    results["summary"] = summarize(results)
-    atomic_write_json(out, results)
+    save()
     return results
 
 
