@@ -2,6 +2,8 @@
 adapters: a tiny Llama first fully finetuned a little (so its frozen output layer can express
 confident answers; a random tiny model's cannot), then two LoRA adapters trained in-process on top
 of it -- A on the right answers, B on the constant answer 7 -- strong enough to change the answers.
+Both ways vLLM serves an adapter are checked against HF: merged into the weights in place (the
+CPU default) and as a LoRARequest.
 
     ACTIVESYN_CACHE=/tmp/asr_cache pytest tests/test_student_vllm.py      # ~2-3 min on 2 cores
 
@@ -83,7 +85,9 @@ def setup(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def scorers(setup):
-    """A 2-shard vLLM scorer group and a 1-shard HF scorer group on the same base."""
+    """vLLM scorer groups -- 2 shards serving the adapter merged into the weights (the CPU
+    default, student.vllm.adapter: auto) and 1 shard through vLLM's LoRARequest path -- and a
+    1-shard HF group, on the same base."""
     ray = pytest.importorskip("ray")
     from activesyn_ray.actors import ActorGroup
     from activesyn_ray.runtime import worker_env
@@ -94,9 +98,12 @@ def scorers(setup):
              runtime_env={"env_vars": worker_env()}, log_to_driver=False)
     groups = {}
     try:
-        for name, inference, n in (("vllm", "vllm", 2), ("hf", "hf", 1)):
+        for name, inference, n, adapter in (("vllm", "vllm", 2, "auto"),
+                                            ("vllm_request", "vllm", 1, "lora_request"),
+                                            ("hf", "hf", 1, "auto")):
             c = cfg.model_copy(deep=True)
             c.student.inference = inference
+            c.student.vllm.adapter = adapter
             groups[name] = ActorGroup(ScorerWorker, name=f"scorer-{name}",
                                       resources=ActorResources(num_workers=n, num_cpus=1),
                                       init_kwargs=dict(cfg=c, batch_size=16))
@@ -121,7 +128,7 @@ def test_vllm_scoring_equals_hf_and_each_new_adapter_is_used(setup, scorers):
     import ray
 
     cfg, task, seeds, test, adapter_a, adapter_b = setup
-    vllm, hf = scorers["vllm"], scorers["hf"]
+    vllm, request, hf = scorers["vllm"], scorers["vllm_request"], scorers["hf"]
     items, q = _items(task, seeds[:24]), [{"question": e.question} for e in test]
     needs = ["loss", "loss_gt"]
     # needs={"loss"} on the vLLM path: vLLM's own logprobs, the HF model is never loaded
@@ -129,12 +136,16 @@ def test_vllm_scoring_equals_hf_and_each_new_adapter_is_used(setup, scorers):
     assert ray.get(vllm.actors[0].paths.remote()) == ["vllm"]
     answers, accuracy = {}, {}
     for name, state in (("base", None), ("A", adapter_a), ("B", adapter_b)):
-        _load(ray, vllm, state)
-        _load(ray, hf, state)
+        for group in (vllm, request, hf):
+            _load(ray, group, state)
         v, h = vllm.gather_sharded("score", items, needs=needs), hf.gather_sharded("score", items, needs=needs)
-        assert [r["answer_text"] for r in v] == [r["answer_text"] for r in h], name
-        np.testing.assert_allclose([r["loss"] for r in v], [r["loss"] for r in h], atol=LOSS_TOL,
+        r = request.gather_sharded("score", items, needs=["loss"])
+        assert [x["answer_text"] for x in v] == [x["answer_text"] for x in h], name
+        assert [x["answer_text"] for x in r] == [x["answer_text"] for x in h], f"{name} (LoRARequest)"
+        np.testing.assert_allclose([x["loss"] for x in v], [x["loss"] for x in h], atol=LOSS_TOL,
                                    rtol=0, err_msg=f"{name}: loss")
+        np.testing.assert_allclose([x["loss"] for x in r], [x["loss"] for x in h], atol=LOSS_TOL,
+                                   rtol=0, err_msg=f"{name}: loss (LoRARequest)")
         print(f"{name}: max |loss vllm - loss hf| = "
               f"{max(abs(x['loss'] - y['loss']) for x, y in zip(v, h)):.2e}")
         # loss_gt is routed to the HF path inside the vLLM shard on CPU: the same numbers
@@ -142,6 +153,7 @@ def test_vllm_scoring_equals_hf_and_each_new_adapter_is_used(setup, scorers):
                                    rtol=0, err_msg=f"{name}: loss_gt")
         ev, eh = vllm.gather_sharded("generate", q), hf.gather_sharded("generate", q)
         assert ev == eh, name
+        assert request.gather_sharded("generate", q) == eh, f"{name} (LoRARequest)"
         answers[name] = ev
         accuracy[name] = np.mean([task.check_completion(e, c) for e, c in zip(test, ev)])
         # sharded (2 shards) == unsharded (shard 0 alone scores everything)
@@ -154,9 +166,13 @@ def test_vllm_scoring_equals_hf_and_each_new_adapter_is_used(setup, scorers):
     assert answers["A"] != answers["base"] and answers["B"] != answers["A"]
     assert sum(a.strip() == "#### 7" for a in answers["B"]) > len(test) / 2, answers["B"]
     assert accuracy["B"] != accuracy["A"], accuracy
-    # going back to an adapter already seen (a new id again) gives its answers again
-    _load(ray, vllm, adapter_a)
-    assert vllm.gather_sharded("generate", q) == answers["A"]
+    # going back to an adapter already seen (a new id again; merged again from the base weights)
+    # gives its answers again, and so does going back to the base model
+    for group in (vllm, request):
+        _load(ray, group, adapter_a)
+        assert group.gather_sharded("generate", q) == answers["A"]
+        _load(ray, group, None)
+        assert group.gather_sharded("generate", q) == answers["base"]
     # loss_gt built the HF path next to vLLM, lazily, in each shard
     assert ray.get(vllm.actors[0].paths.remote()) == ["hf", "vllm"]
     assert ray.get(vllm.actors[1].paths.remote()) == ["hf", "vllm"]

