@@ -163,6 +163,11 @@ def summarize(r: dict) -> list[tuple[str, str, str]]:
             rows.append(("scoring + evaluation vLLM / HF", f"x{vh['score_and_eval_ratio']:.2f}",
                          f"engine start {v1['start_seconds']:.0f} s vs {s1['start_seconds']:.0f} s "
                          f"(once per run)"))
+            if "round_ratio" in vh:
+                rows.append(("round (adapter load + scoring + evaluation) vLLM / HF",
+                             f"x{vh['round_ratio']:.2f}",
+                             f"adapter load {v1['adapter_load_seconds']:.2f} s vs "
+                             f"{s1['adapter_load_seconds']:.2f} s"))
         if sync := s.get("sync"):
             rows.append(("adapter sync", f"{sync['adapter_bytes'] / 2**20:.2f} MiB",
                          f"full weights {sync['full_weight_bytes'] / 2**20:.1f} MiB "

@@ -169,7 +169,10 @@ def main() -> None:
                 "score_ratio": v["examples_per_s"] / h["examples_per_s"],
                 "eval_ratio": v["eval_examples_per_s"] / h["eval_examples_per_s"],
                 "score_and_eval_ratio": (h["seconds"] + h["eval_seconds"])
-                / (v["seconds"] + v["eval_seconds"])}
+                / (v["seconds"] + v["eval_seconds"]),
+                # what a loop round pays: take the new adapter, score the pool, evaluate
+                "round_ratio": (h["adapter_load_seconds"] + h["seconds"] + h["eval_seconds"])
+                / (v["adapter_load_seconds"] + v["seconds"] + v["eval_seconds"])}
             print(f"vLLM / HF: scoring x{results['vllm_vs_hf']['score_ratio']:.2f}, evaluation "
                   f"x{results['vllm_vs_hf']['eval_ratio']:.2f}, same answers "
                   f"{results['vllm_vs_hf']['same_answers']}", flush=True)
