@@ -68,11 +68,13 @@ def write_peft_adapter(state: dict, folder: Path, *, lora, base: str) -> Path:
     return folder
 
 
-def adapter_mode(setting: str) -> str:
-    """student.vllm.adapter -> "merge" or "lora_request" (auto: merge on CPU, LoRARequest on GPU)."""
+def adapter_mode(setting: str, folder) -> str:
+    """student.vllm.adapter -> "merge" or "lora_request" (auto: merge on CPU when the base comes as
+    safetensors, which the merge reads W0 from; LoRARequest on GPU)."""
     if setting != "auto":
         return setting
-    return "lora_request" if on_gpu() else "merge"
+    mergeable = Path(folder).is_dir() and any(Path(folder).glob("*.safetensors"))
+    return "merge" if mergeable and not on_gpu() else "lora_request"
 
 
 class MergedAdapter:
@@ -133,7 +135,7 @@ class VllmScorer:
         self.scfg, self.tokenizer = scfg, tokenizer
         self.folder = resolve_model(scfg.model)
         self.max_len = capped_context(v.max_model_len, self.folder)
-        self.mode = adapter_mode(v.adapter)
+        self.mode = adapter_mode(v.adapter, self.folder)
         self.llm = start_llm(self.folder, dtype=scfg.dtype, max_model_len=self.max_len,
                              enforce_eager=v.enforce_eager, seed=cfg.seed,
                              cpu_kvcache_space_gb=v.cpu_kvcache_space_gb,
