@@ -168,6 +168,10 @@ def summarize(r: dict) -> list[tuple[str, str, str]]:
                              f"x{vh['round_ratio']:.2f}",
                              f"adapter load {v1['adapter_load_seconds']:.2f} s vs "
                              f"{s1['adapter_load_seconds']:.2f} s"))
+        if mr := s.get("merge_vs_lora_request"):
+            rows.append(("scorer vLLM: adapter merged / LoRARequest",
+                         f"x{mr['score_ratio']:.2f} scoring, x{mr['eval_ratio']:.2f} evaluation",
+                         f"same answers: {mr['same_answers']}"))
         if sync := s.get("sync"):
             rows.append(("adapter sync", f"{sync['adapter_bytes'] / 2**20:.2f} MiB",
                          f"full weights {sync['full_weight_bytes'] / 2**20:.1f} MiB "

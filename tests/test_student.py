@@ -125,6 +125,39 @@ def test_pushed_adapter_state_written_as_a_peft_folder(tmp_path):
         write_peft_adapter({"w": torch.zeros(1)}, tmp_path / "bad", lora=lora, base=str(base_dir))
 
 
+
+def test_merged_adapter_weights_equal_peft_merge(tmp_path):
+    """What the vLLM scorer reloads in merge mode (student/vllm_scorer.py, the CPU default) is
+    exactly PEFT's merge_and_unload of the same adapter, for every checkpoint weight; bad states
+    are refused with the key at fault."""
+    from peft import get_peft_model, get_peft_model_state_dict
+    from transformers import AutoModelForCausalLM
+
+    from activesyn_ray.models import resolve_model
+    from activesyn_ray.student.trainer import peft_lora_config
+    from activesyn_ray.student.vllm_scorer import MergedAdapter, lora_pairs
+
+    lora = make_cfg().student.lora
+    base_dir = resolve_model("tiny")
+    torch.manual_seed(0)
+    model = get_peft_model(AutoModelForCausalLM.from_pretrained(base_dir), peft_lora_config(lora))
+    for name, p in model.named_parameters():
+        if "lora_B" in name:
+            torch.nn.init.normal_(p, std=0.5)
+    state = {k: v.detach().clone() for k, v in get_peft_model_state_dict(model).items()}
+    want = model.merge_and_unload().state_dict()
+    got = dict(MergedAdapter(None, base_dir, lora)._weights(lora_pairs(state)))
+    assert set(got) <= set(want) and "model.layers.0.self_attn.q_proj.weight" in got
+    changed = 0
+    for name, w in got.items():
+        torch.testing.assert_close(w.float(), want[name].float(), rtol=0, atol=1e-6, msg=name)
+        changed += int(name in lora_pairs(state))
+    assert changed == len(lora_pairs(state)) > 0
+    with pytest.raises(ValueError, match="no LoRA weights"):
+        lora_pairs({"w": torch.zeros(1)})
+    with pytest.raises(ValueError, match="linear layers only; .*lora_embedding_A"):
+        lora_pairs({"base_model.model.model.embed_tokens.lora_embedding_A": torch.zeros(1)})
+
 def test_rank_slices_form_the_one_rank_batches():
     one = epoch_slices(20, rank=0, world_size=1, micro=8, seed=0, round=1, epoch=2)
     two = [epoch_slices(20, rank=r, world_size=2, micro=4, seed=0, round=1, epoch=2) for r in (0, 1)]

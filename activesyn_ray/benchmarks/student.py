@@ -1,5 +1,6 @@
 """Student throughput: trainer samples/s (1 and 2 ranks); scoring + evaluation on the HF path with
-S=1 and S=2 shards and on the vLLM path (frozen base + the same LoRA adapter) with S=1, all in the
+S=1 and S=2 shards and on the vLLM path (frozen base + the same LoRA adapter, served as
+student.vllm.adapter=auto serves it, and through vLLM's LoRARequest path) with S=1, all in the
 same run; the bytes one adapter sync moves vs a full-weight sync; peak RSS per actor kind.
 
     python -m activesyn_ray.benchmarks.student                      # SmolLM2-135M + LoRA r=8
@@ -114,11 +115,15 @@ def main() -> None:
         ref = ray.put(state)
         adapter_bytes = sum(t.numel() * t.element_size() for t in state.values())
         outs = {}
-        for path, shards in [("hf", 1), ("hf", 2), ("vllm", 1)]:
-            if path not in paths:
+        # vllm: the adapter as student.vllm.adapter=auto serves it (merged in place on CPU);
+        # vllm_lora_request: vLLM's LoRA path, for the comparison
+        for path, shards in [("hf", 1), ("hf", 2), ("vllm", 1), ("vllm_lora_request", 1)]:
+            if path.split("_")[0] not in paths:
                 continue
             c = cfg.model_copy(deep=True)
-            c.student.inference = path
+            c.student.inference = path.split("_")[0]
+            if path == "vllm_lora_request":
+                c.student.vllm.adapter = "lora_request"
             t0 = time.perf_counter()
             group = ActorGroup(ScorerWorker, name=f"bench-scorer-{path}{shards}",
                                resources=ActorResources(num_workers=shards, num_cpus=a.num_cpus,
@@ -162,6 +167,15 @@ def main() -> None:
 
         if ("hf", 2) in outs:
             results["score_S2_equals_S1"] = same(("hf", 1), ("hf", 2))
+        if ("vllm_lora_request", 1) in outs:
+            m, r = results["score_vllm_S1"], results["score_vllm_lora_request_S1"]
+            results["merge_vs_lora_request"] = {
+                **same(("vllm", 1), ("vllm_lora_request", 1)),
+                "score_ratio": m["examples_per_s"] / r["examples_per_s"],
+                "eval_ratio": m["eval_examples_per_s"] / r["eval_examples_per_s"]}
+            print(f"vLLM adapter merged / LoRARequest: scoring "
+                  f"x{results['merge_vs_lora_request']['score_ratio']:.2f}, evaluation "
+                  f"x{results['merge_vs_lora_request']['eval_ratio']:.2f}", flush=True)
         if ("vllm", 1) in outs:
             h, v = results["score_hf_S1"], results["score_vllm_S1"]
             results["vllm_vs_hf"] = {

