@@ -2,7 +2,8 @@
 
     teacher   generated tokens/s: vLLM pool with 1 and 2 replicas vs HF generate (same model, prompts)
     scoring   scoring + evaluation examples/s: HF path with 1 and 2 shards, vLLM path (LoRA adapter on
-              the frozen base) vs HF on the same adapter and examples (and that they agree)
+              the frozen base, merged in place and as a LoRARequest) vs HF on the same adapter and
+              examples (and that they agree)
     trainer   samples/s with 1 and 2 DeepSpeed ranks
     sync      bytes per adapter broadcast vs a full-weight broadcast
     loop      share of iteration wall time outside generate/score/train/eval (orchestration overhead)
