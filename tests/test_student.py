@@ -93,14 +93,14 @@ def test_scoring_plan_runs_only_what_the_needs_imply():
     assert resolve_inference(make_cfg(inference="vllm").student) == "vllm"
 
 
-def test_pushed_adapter_state_written_as_a_peft_folder(tmp_path):
-    """What the vLLM scorer writes for each round (student/vllm_scorer.py) is a real PEFT adapter."""
-    from peft import PeftModel, get_peft_model, get_peft_model_state_dict
+def _tiny_lora_model():
+    """(lora config, tiny base folder, PEFT model) with B drawn at random: B = 0, its init, would
+    make any adapter loader or merge look right."""
+    from peft import get_peft_model
     from transformers import AutoModelForCausalLM
 
     from activesyn_ray.models import resolve_model
     from activesyn_ray.student.trainer import peft_lora_config
-    from activesyn_ray.student.vllm_scorer import write_peft_adapter
 
     lora = make_cfg().student.lora
     base_dir = resolve_model("tiny")
@@ -108,7 +108,18 @@ def test_pushed_adapter_state_written_as_a_peft_folder(tmp_path):
     model = get_peft_model(AutoModelForCausalLM.from_pretrained(base_dir), peft_lora_config(lora))
     for name, p in model.named_parameters():
         if "lora_B" in name:
-            torch.nn.init.normal_(p, std=0.5)  # B = 0 at init would make any loader look right
+            torch.nn.init.normal_(p, std=0.5)
+    return lora, base_dir, model
+
+
+def test_pushed_adapter_state_written_as_a_peft_folder(tmp_path):
+    """What the vLLM scorer writes for each round (student/vllm_scorer.py) is a real PEFT adapter."""
+    from peft import PeftModel, get_peft_model_state_dict
+    from transformers import AutoModelForCausalLM
+
+    from activesyn_ray.student.vllm_scorer import write_peft_adapter
+
+    lora, base_dir, model = _tiny_lora_model()
     state = get_peft_model_state_dict(model)
     folder = write_peft_adapter(state, tmp_path / "adapter-1", lora=lora, base=str(base_dir))
     assert sorted(p.name for p in folder.iterdir()) == ["adapter_config.json",
@@ -125,34 +136,25 @@ def test_pushed_adapter_state_written_as_a_peft_folder(tmp_path):
         write_peft_adapter({"w": torch.zeros(1)}, tmp_path / "bad", lora=lora, base=str(base_dir))
 
 
-
 def test_merged_adapter_weights_equal_peft_merge(tmp_path):
     """What the vLLM scorer reloads in merge mode (student/vllm_scorer.py, the CPU default) is
     exactly PEFT's merge_and_unload of the same adapter, for every checkpoint weight; bad states
     are refused with the key at fault."""
-    from peft import get_peft_model, get_peft_model_state_dict
-    from transformers import AutoModelForCausalLM
+    from peft import get_peft_model_state_dict
 
-    from activesyn_ray.models import resolve_model
-    from activesyn_ray.student.trainer import peft_lora_config
     from activesyn_ray.student.vllm_scorer import MergedAdapter, lora_pairs
 
-    lora = make_cfg().student.lora
-    base_dir = resolve_model("tiny")
-    torch.manual_seed(0)
-    model = get_peft_model(AutoModelForCausalLM.from_pretrained(base_dir), peft_lora_config(lora))
-    for name, p in model.named_parameters():
-        if "lora_B" in name:
-            torch.nn.init.normal_(p, std=0.5)
+    lora, base_dir, model = _tiny_lora_model()
     state = {k: v.detach().clone() for k, v in get_peft_model_state_dict(model).items()}
+    pairs = lora_pairs(state)
     want = model.merge_and_unload().state_dict()
-    got = dict(MergedAdapter(None, base_dir, lora)._weights(lora_pairs(state)))
+    got = dict(MergedAdapter(None, base_dir, lora)._weights(pairs))
     assert set(got) <= set(want) and "model.layers.0.self_attn.q_proj.weight" in got
     changed = 0
     for name, w in got.items():
         torch.testing.assert_close(w.float(), want[name].float(), rtol=0, atol=1e-6, msg=name)
-        changed += int(name in lora_pairs(state))
-    assert changed == len(lora_pairs(state)) > 0
+        changed += int(name in pairs)
+    assert changed == len(pairs) > 0
     with pytest.raises(ValueError, match="no LoRA weights"):
         lora_pairs({"w": torch.zeros(1)})
     with pytest.raises(ValueError, match="linear layers only; .*lora_embedding_A"):

@@ -87,7 +87,8 @@ def main(argv=None) -> int:
         task = build_task(config_from_dict({"task": {"kind": "gym", "name": args.task,
                                                      "seed_size": args.prompts + 8,
                                                      "test_size": 4}}).task, seed=0)
-        seeds, warm = task.splits()[0][:args.prompts], task.splits()[0][args.prompts:]
+        pool_seeds = task.splits()[0]
+        seeds, warm = pool_seeds[:args.prompts], pool_seeds[args.prompts:]
         rows = []
         for engine, replicas in (("vllm", 1), ("vllm", 2), ("hf", 1)):
             print(f"... {engine} x{replicas}", file=sys.stderr, flush=True)

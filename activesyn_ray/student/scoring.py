@@ -91,12 +91,6 @@ class ScorerWorker:
         self.rank, self.cfg, self.scfg = rank, cfg, cfg.student
         self.batch_size = batch_size
         self.inference = resolve_inference(cfg.student)
-        self.vllm_loss_gt = False  # loss_gt from vLLM's prompt_logprobs (vllm_scorer.vllm_loss_gt)
-        if self.inference == "vllm":
-            from activesyn_ray.student.vllm_scorer import adapter_mode, vllm_loss_gt
-
-            mode = adapter_mode(self.scfg.vllm.adapter, resolve_model(self.scfg.model))
-            self.vllm_loss_gt = vllm_loss_gt(self.scfg.vllm.loss_gt, mode)
         self.tokenizer = AutoTokenizer.from_pretrained(resolve_model(self.scfg.model))
         self._hf = self._vllm = None
         self._adapter = None  # the current LoRA state, for a path built after it was pushed
@@ -206,7 +200,10 @@ class ScorerWorker:
                 "seconds": {"eval": t1 - t0, "score": time.perf_counter() - t1}}
 
     def _plan(self, needs) -> Plan:
-        return plan(needs, inference=self.inference, vllm_loss_gt=self.vllm_loss_gt,
+        # the vLLM path (built at start-up when it is the inference path) knows whether its
+        # adapter mode lets it compute loss_gt (vllm_scorer.vllm_loss_gt)
+        vllm_loss_gt = self.inference == "vllm" and self.vllm.loss_gt
+        return plan(needs, inference=self.inference, vllm_loss_gt=vllm_loss_gt,
                     reward_model=self.cfg.selection.reward_model)
 
     def _score_rows(self, examples: list[dict], needs, decoded=None) -> list[dict]:

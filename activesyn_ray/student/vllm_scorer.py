@@ -113,11 +113,17 @@ class MergedAdapter:
     computed under the previous weights."""
 
     def __init__(self, llm, folder, lora):
+        from safetensors import safe_open
+
         self.llm, self.scale = llm, lora.alpha / lora.r
         self.files = sorted(Path(folder).glob("*.safetensors"))
         if not self.files:
             raise ValueError(f"student.vllm.adapter=merge needs the base model's weights as "
                              f"safetensors; {folder} has none (use adapter: lora_request)")
+        self.names: set[str] = set()  # every checkpoint weight name (header only, no tensors)
+        for f in self.files:
+            with safe_open(str(f), "pt") as h:
+                self.names.update(h.keys())
 
     def _weights(self, pairs: dict):
         from safetensors import safe_open
@@ -139,16 +145,9 @@ class MergedAdapter:
 
     def load(self, state: dict | None) -> None:
         pairs = lora_pairs(state) if state is not None else {}
-        if pairs:
-            from safetensors import safe_open
-
-            names = set()
-            for f in self.files:
-                with safe_open(str(f), "pt") as h:
-                    names.update(h.keys())
-            if unknown := sorted(set(pairs) - names):
-                raise ValueError(f"adapter weights for {unknown[:3]} have no base weight in the "
-                                 f"model checkpoint (a different base model?)")
+        if unknown := sorted(set(pairs) - self.names):
+            raise ValueError(f"adapter weights for {unknown[:3]} have no base weight in the "
+                             f"model checkpoint (a different base model?)")
         self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": self._weights(pairs)})
         if not self.llm.reset_prefix_cache():
             raise RuntimeError("vLLM refused to drop its prefix cache after a weight update")
