@@ -356,6 +356,9 @@ class Coordinator:
         by_stratum: dict[str, list[bool]] = {}
         for ex, ok in zip(self.test, test_ok):
             by_stratum.setdefault(stratum(ex), []).append(ok)
+        val_by_stratum: dict[str, list[bool]] = {}  # what pilots and settings choices read
+        for ex, ok in zip(self.val, val_ok):
+            val_by_stratum.setdefault(stratum(ex), []).append(ok)
         if static_prefix:  # this point's samples are the prefix step (limit - k, limit]
             new = records[len(state.get("evaluated_prefixes", [])) * self.cfg.selection.k:]
         else:
@@ -373,6 +376,8 @@ class Coordinator:
                "accuracy_by_stratum": {s: float(np.mean(v)) for s, v in sorted(by_stratum.items())},
                "n_test_by_stratum": {s: len(v) for s, v in sorted(by_stratum.items())},
                "val_accuracy": float(np.mean(val_ok)) if val_ok else None,
+               "val_accuracy_by_stratum": {s: float(np.mean(v))
+                                           for s, v in sorted(val_by_stratum.items())},
                "selected_by_stratum": dict(sorted(Counter(r["stratum"] for r in new
                                                           if "stratum" in r).items())),
                "train_loss_first": train.get("loss_first_epoch"),
