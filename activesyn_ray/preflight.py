@@ -86,9 +86,27 @@ def check_question_space(cfg: RunConfig, task: Task) -> list[str]:
     return warnings
 
 
+def check_seed_like(cfg: RunConfig, task: Task) -> list[str]:
+    """teacher.procedural.like=seed on a dataset with no structure to follow: it uses `level`."""
+    if cfg.teacher.engine != "procedural" or cfg.teacher.procedural.like != "seed" or \
+            not hasattr(task, "seed_like_support"):
+        return []
+    plain = [d for d in task.datasets if d not in task.seed_like_support()]
+    out = [f"teacher.procedural.like: seed has no structure to follow in {', '.join(plain)} "
+           f"(only linear arithmetic expressions: basic_arithmetic, chain_sum); its samples are "
+           f"new instances of the seed's level (like: level)"] if plain else []
+    if "basic_arithmetic" in task.datasets:  # reasoning-gym's default allows parentheses
+        nested = [i for i, lv in enumerate(task.levels) if lv.get("allow_parentheses", True)]
+        out += [f"task.levels[{i}]: allow_parentheses is on, so its seeds have no linear expression "
+                f"for teacher.procedural.like: seed to follow; their samples use like: level"
+                for i in nested]
+    return out
+
+
 def preflight(cfg: RunConfig, task: Task, seeds: list[Example], held_out: list[Example]) -> list[str]:
     """All checks; raises ConfigError on a fatal one, logs and returns the warnings."""
-    warnings = check_lengths(cfg, task, seeds, held_out) + check_question_space(cfg, task)
+    warnings = check_lengths(cfg, task, seeds, held_out) + check_question_space(cfg, task) + \
+        check_seed_like(cfg, task)
     for w in warnings:
         log.warning("%s", w)
     return warnings

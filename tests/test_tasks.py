@@ -101,3 +101,47 @@ def test_target_format_roundtrip():
 
     ex = Example(id="a", question="q", answer="-12", solution="3*-4=-12")
     assert extract_answer(Task.target(ex)) == "-12"
+
+
+def test_like_seed_keeps_the_seeds_structure_with_new_values():
+    from activesyn_ray.tasks import expression as X
+
+    levels = [dict(min_terms=3, max_terms=3, min_digits=2, max_digits=2, operators=["+", "-"],
+                   allow_parentheses=False, allow_negation=False)]
+    task = build_task(TaskConfig(name="basic_arithmetic", levels=levels, seed_size=30, test_size=5),
+                      seed=0)
+    seeds, _ = task.splits()
+    sigs = set()
+    for i, ex in enumerate(seeds):
+        old = X.parse(ex.meta["gym"]["expression"])
+        new = task.generate_like(ex, seed=100 + i, like="seed")
+        vals = X.parse(new.meta["gym"]["expression"])
+        assert new.meta["like"] == "seed" and new.meta["keeps_structure"]
+        assert X.signature(*vals) == X.signature(*old) and vals[0] != old[0]  # same shape, new values
+        assert new.question.split()[0] == ex.question.split()[0]  # the seed's phrasing
+        assert task.check(new, new.answer) and int(new.answer) == X.evaluate(*vals)
+        sigs.add(X.signature(*old))
+    assert len(sigs) > 3  # seeds of one level differ in structure, so the choice of seed matters
+    # like: level ignores the seed's structure; deterministic in the draw's seed either way
+    assert task.generate_like(seeds[0], seed=7, like="seed").question == \
+        task.generate_like(seeds[0], seed=7, like="seed").question
+    assert task.generate_like(seeds[0], seed=7, like="level").meta["like"] == "level"
+
+
+@pytest.mark.parametrize("expr,value,sig_part", [
+    ("47 + 38", 85, ("add", True, False)),      # 7 + 8 carries
+    ("42 + 31", 73, ("add", False, False)),
+    ("52 - 38", 14, ("sub", True, False)),      # 2 - 8 borrows
+    ("38 - 52", -14, ("sub", True, True)),      # negative result, borrow in 52 - 38
+    ("-17 - -5", -12, ("sub", False, True)),    # |17| - |5|, no borrow
+    ("-12 - -5", -7, ("sub", True, True)),      # |12| - |5| borrows
+    ("6 * 7", 42, ("mul", True, False)),
+    ("3 + 4 * 5", 35, ("mul", True, False)),    # left to right, as reasoning-gym computes it
+])
+def test_expression_signature_and_value(expr, value, sig_part):
+    from activesyn_ray.tasks import expression as X
+
+    operands, ops = X.parse(expr)
+    assert X.evaluate(operands, ops) == value
+    assert X.signature(operands, ops)[2][-1] == sig_part
+    assert X.parse("(1 + 2) * 3") is None and X.parse("1.5 + 2") is None and X.parse("1 +") is None

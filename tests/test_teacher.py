@@ -288,7 +288,8 @@ def test_procedural_pool_records_and_deterministic_ids(ray_session, task_and_see
         assert r["parsed"] and r["engine"] == "procedural" and "stand-in" in r["model"]
         ex = Example.from_dict(r["example"])
         assert ex.id == r["request_id"] and ex.meta["seed_id"] == s.id and task.check(ex, ex.answer)
-        again = task.generate_like(s, seed=request_seed(cfg.seed, r["request_id"]))
+        again = task.generate_like(s, seed=request_seed(cfg.seed, r["request_id"]),
+                                   like=cfg.teacher.procedural.like)
         assert again.question == ex.question  # the sample is a function of the request id
     assert ledger.failed_parses == 0 and ledger.samples == 6 and eng.name == "procedural"
 

@@ -13,9 +13,12 @@ import json
 
 import reasoning_gym
 
+from activesyn_ray.tasks import expression
 from activesyn_ray.tasks.base import ANSWER_MARK, Example, Task, split_disjoint
 
 _TEST_SEED_OFFSET = 1_000_003  # test instances come from a different generator seed than seeds
+SEED_LIKE_DATASETS = frozenset({"basic_arithmetic", "chain_sum"})
+"""Datasets whose questions carry a linear expression `like: seed` can follow (tasks/expression.py)."""
 MAX_REDRAWS = 64  # procedural teacher: attempts to avoid a held-out question before giving up
 
 
@@ -107,22 +110,56 @@ class GymTask(Task):
         except Exception:  # a malformed expression from the student is simply wrong
             return False
 
-    def generate_like(self, example: Example, *, seed: int) -> Example:
-        """A new instance from the seed's generator and level. With `held_out` set (a
-        Decontaminator over the test and validation questions), a draw that matches a held-out
-        question is redrawn with the next derived seed, so the result stays deterministic in `seed`;
-        `meta.redraws` counts them. After MAX_REDRAWS the last draw is returned (and then dropped as
-        contaminated by the coordinator)."""
+    def seed_like_support(self) -> list[str]:
+        """The datasets of this task whose seeds `like: seed` can follow (the rest use `level`)."""
+        return [d for d in self.datasets if d in SEED_LIKE_DATASETS]
+
+    def generate_like(self, example: Example, *, seed: int, like: str = "level") -> Example:
+        """A new instance like `example`, deterministic in `seed`.
+
+        like="level": a fresh draw from the seed's generator and level (any instance of it).
+        like="seed": the seed's own expression structure with fresh values (tasks/expression.py:
+        terms, operators, digit counts, carries/borrows, signs), written into the seed's question
+        in place of its expression; datasets without a linear expression fall back to "level".
+        `meta.like` says which was done and `meta.keeps_structure` whether the structure was met.
+
+        With `held_out` set (a Decontaminator over the test and validation questions), a draw that
+        matches a held-out question is redrawn with the next derived seed; `meta.redraws` counts
+        them. After MAX_REDRAWS the last draw is returned (and then dropped as contaminated by the
+        coordinator)."""
         m = example.meta
+        follow_seed = like == "seed" and m["dataset"] in SEED_LIKE_DATASETS and \
+            expression.parse(str(m["gym"].get("expression", ""))) is not None
         for attempt in range(MAX_REDRAWS + 1):
             s = seed if attempt == 0 else (seed * 1_000_003 + attempt) % 2**31
-            ds = reasoning_gym.create_dataset(m["dataset"], size=1, seed=s, **m["level_cfg"])
-            if self.held_out is None or not self.held_out.is_held_out(ds[0]["question"]):
+            if follow_seed:
+                new = self._like_seed(example, seed=s)
+            else:
+                ds = reasoning_gym.create_dataset(m["dataset"], size=1, seed=s, **m["level_cfg"])
+                new = _to_example(ds[0], dataset=m["dataset"], level=m["level"],
+                                  level_cfg=m["level_cfg"], uid=f"gen-{m['dataset']}-L{m['level']}-{s}")
+            if self.held_out is None or not self.held_out.is_held_out(new.question):
                 break
-        new = _to_example(ds[0], dataset=m["dataset"], level=m["level"], level_cfg=m["level_cfg"],
-                          uid=f"gen-{m['dataset']}-L{m['level']}-{s}")
         new.meta["redraws"] = attempt
+        new.meta["like"] = "seed" if follow_seed else "level"
         return new
+
+    def _like_seed(self, example: Example, *, seed: int) -> Example:
+        m = example.meta
+        old = str(m["gym"]["expression"])
+        operands, ops = expression.parse(old)
+        values, kept = expression.redraw_like(operands, ops, seed=seed)
+        new_expr = expression.render(values, ops)
+        gym = dict(m["gym"], expression=new_expr)
+        answer = str(expression.evaluate(values, ops))
+        # the seed's phrasing, its expression replaced (the generators print it verbatim)
+        question = example.question.replace(old, new_expr, 1) if old in example.question else \
+            example.question.replace(old.replace(" ", ""), new_expr.replace(" ", ""), 1)
+        return Example(id=f"gen-{m['dataset']}-L{m['level']}-{seed}", question=question,
+                       answer=answer, solution=None,
+                       meta={"dataset": m["dataset"], "level": m["level"],
+                             "level_cfg": m["level_cfg"], "gym": gym, "keeps_structure": kept,
+                             "like_of": example.id})
 
     def question_space(self, draws: int = 2000) -> list[int]:
         """Distinct questions among `draws` instances of each level (all datasets): a lower bound

@@ -1,8 +1,10 @@
 """The procedural teacher: a STAND-IN for a strong LLM teacher, for CPU experiments.
 
-A 135M model cannot write correct new math problems, so for reasoning-gym tasks this engine draws a
-new instance from the seed's own generator and difficulty (`task.generate_like(seed, seed=...)`,
-the generator seed derived from the run seed and the request id): exact answers, seed-like style.
+A 135M model cannot write correct new math problems, so for reasoning-gym tasks this engine writes
+a new instance like the seed (`task.generate_like(seed, seed=..., like=...)`, the draw's seed
+derived from the run seed and the request id): with `teacher.procedural.like: seed` the seed's own
+structure with fresh values (tasks/expression.py), with `level` any instance of the seed's
+generator and difficulty. Exact answers either way.
 Records it produces carry engine "procedural".
 
 Token accounting is what an LLM teacher would have been charged: the prompt is the rendered generate
@@ -34,6 +36,7 @@ class ProceduralEngine(Engine):
         if task is None or not getattr(task, "has_generator", False):
             raise TeacherError("teacher.engine=procedural needs a task with a generator (task.kind: gym)")
         self.task = task
+        self.like = cfg.teacher.procedural.like
         self.tok = load_tokenizer(cfg.teacher.model)
 
     @classmethod
@@ -53,7 +56,7 @@ class ProceduralEngine(Engine):
         for r in requests:
             ex = Example.from_dict(r.example)
             if r.kind == "generate":
-                new = self.task.generate_like(ex, seed=r.seed)
+                new = self.task.generate_like(ex, seed=r.seed, like=self.like)
                 text, structured = format_sample(new), new.to_dict()
             else:
                 ok = self.task.check_completion(ex, r.student_answer or "")
