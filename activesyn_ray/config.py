@@ -222,6 +222,15 @@ class ServeConfig(_Group):
     """Ray Serve autoscaling_config (min_replicas, max_replicas, ...); replaces `replicas`."""
 
 
+class ProceduralConfig(_Group):
+    like: Literal["seed", "level"] = "seed"
+    """What a procedural sample keeps of its seed. seed: the seed's own structure with fresh values
+    (terms, operators, digit counts, carries/borrows, signs: tasks/expression.py), as an LLM
+    teacher asked for "a new problem like this one" would; level: any new instance of the seed's
+    generator and difficulty level (then only the level of a chosen seed matters). Datasets
+    without a structure to follow use level and say so at start-up."""
+
+
 class TeacherConfig(_Group):
     engine: Literal["procedural", "hf", "vllm", "openai"] = "procedural"
     """procedural = a new instance from the seed's own reasoning-gym generator and difficulty
@@ -257,15 +266,25 @@ class TeacherConfig(_Group):
     engine when samples come from the procedural teacher (which would grade by exact checking)."""
     judge_model: str | None = None
     """Model of judge_engine (null = `model`). Judge tokens are charged to the same ledger."""
+    procedural: ProceduralConfig = Field(default_factory=ProceduralConfig)
     vllm: VllmConfig = Field(default_factory=VllmConfig)
     openai: OpenAIConfig = Field(default_factory=OpenAIConfig)
     serve: ServeConfig = Field(default_factory=ServeConfig)
 
 
 # ---------------------------------------------------------------------------------------- selection
+class LearnabilityConfig(_Group):
+    n: int = Field(8, gt=1)
+    """strategy=learnability: sampled student answers per seed (one vLLM request with n outputs,
+    so the prompt is prefilled once); p = the share the task's checker accepts."""
+    temperature: float = Field(1.0, gt=0)
+    """strategy=learnability: sampling temperature of those answers."""
+
+
 class SelectionConfig(_Group):
     strategy: str = "loss"
-    """static | random | loss | loss-gt | entropy | reward | llm-judge | badge | balanced."""
+    """static | random | loss | loss-gt | entropy | reward | llm-judge | badge | balanced |
+    learnability | progress."""
     k: int = Field(8, gt=0)
     """Seeds expanded by the teacher per iteration."""
     mode: Literal["topk", "sample"] = "topk"
@@ -277,6 +296,7 @@ class SelectionConfig(_Group):
     tests), or `verifier`: the task's exact answer checker as a rule-based reward (CPU stand-in)."""
     balanced_hard_fraction: float = Field(0.5, ge=0, le=1)
     """strategy=balanced: share of each batch taken from the hardest seeds, the rest from easy ones."""
+    learnability: LearnabilityConfig = Field(default_factory=LearnabilityConfig)
 
 
 # ------------------------------------------------------------------------------------------- budget

@@ -39,17 +39,18 @@ from activesyn_ray.decontaminate import Decontaminator
 from activesyn_ray.run_setup import load_splits
 from activesyn_ray.runstore import RunStore
 from activesyn_ray.selection import SeedScores, build_strategy
-from activesyn_ray.selection.base import CORRECT, ENTROPY, JUDGE, LOSS, LOSS_GT, REWARD
+from activesyn_ray.selection.base import (CORRECT, ENTROPY, JUDGE, LOSS, LOSS_GT, PASS_RATE, REWARD,
+                                          previous)
 from activesyn_ray.tasks import Example, build_task, stratum
 from activesyn_ray.tracking import close_trackers, track
 
 log = logging.getLogger("activesyn")
 
 # Scalar score columns kept in scores.jsonl and compared seed-vs-synthetic in the report.
-SCALAR_SCORES = (LOSS, LOSS_GT, ENTROPY, CORRECT, REWARD, JUDGE)
+SCALAR_SCORES = (LOSS, LOSS_GT, ENTROPY, CORRECT, REWARD, JUDGE, PASS_RATE)
 MEMORY = "memory.json"  # peak RSS per actor kind, written when the run ends
 # Needs the fused evaluate+score pass serves: scorer columns that scores.jsonl holds exactly.
-FUSABLE = frozenset({LOSS, LOSS_GT, ENTROPY, CORRECT, REWARD})
+FUSABLE = frozenset({LOSS, LOSS_GT, ENTROPY, CORRECT, REWARD, PASS_RATE})
 
 
 class Phase(str, Enum):
@@ -191,13 +192,25 @@ class Coordinator:
         if not self.strategy.needs:
             return SeedScores()
         if self._fusable() and (stored := self._stored_pool_scores(iteration)) is not None:
-            return stored
+            return self._with_history(stored, iteration)
         t0 = time.perf_counter()
         scores = self._score_examples(self.seeds, iteration)
         rows = self._pool_rows(iteration, scores.columns)
         self.store.append(runstore.SCORES, rows)
         state["n_scores"] += len(rows)
         self._phase_s["score"] = time.perf_counter() - t0
+        return self._with_history(scores, iteration)
+
+    def _with_history(self, scores: SeedScores, iteration: int) -> SeedScores:
+        """Add the columns the strategy wants from the previous round (Strategy.history), read
+        from that round's pool rows in scores.jsonl; NaN for a seed that has none (round 1)."""
+        if not self.strategy.history:
+            return scores
+        before = {r["seed_id"]: r for r in self.store.read(runstore.SCORES)
+                  if r.get("iteration") == iteration - 1 and "seed_id" in r}
+        for c in self.strategy.history:
+            scores.columns[previous(c)] = np.array(
+                [before.get(e.id, {}).get(c, np.nan) for e in self.seeds], dtype=np.float64)
         return scores
 
     def _pool_rows(self, iteration: int, columns: dict) -> list[dict]:

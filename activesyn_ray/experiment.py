@@ -10,6 +10,10 @@
       tasks:                          # name -> overrides for that dataset
         arithmetic: {}
         chain_sum: {task.name: chain_sum}
+      seeds_by_strategy: {loss: [0, 1]}   # optional: fewer (or other) seeds for some strategies
+
+A task entry may also narrow the grid for itself with the reserved keys `strategies:` and
+`seeds:` (e.g. a teacher-mode ablation run only for random and loss).
 
 Runs go to OUTPUT_ROOT/<name>/<task>/<strategy>-s<seed>; a finished run is skipped and an unfinished
 one resumed, so re-submitting the same experiment after a crash only does the missing work.
@@ -31,6 +35,28 @@ class Grid(BaseModel):
     seeds: list[int] = Field(default_factory=lambda: [0])
     strategies: list[str] = Field(default_factory=lambda: ["random", "loss"])
     tasks: dict[str, dict[str, Any]] = Field(default_factory=lambda: {"default": {}})
+    seeds_by_strategy: dict[str, list[int]] = Field(default_factory=dict)
+
+    def cells(self) -> list[tuple[int, str, str, dict[str, Any]]]:
+        """(seed, task, strategy, task overrides) in run order: seeds outermost, so every strategy
+        of seed 0 runs before seed 1 and a grid cut short still compares on paired seeds."""
+        tasks = []
+        for name, over in self.tasks.items():
+            over = dict(over)
+            strategies = over.pop("strategies", self.strategies)
+            seeds = over.pop("seeds", None)
+            tasks.append((name, over, strategies, seeds))
+        all_seeds = sorted(set(self.seeds).union(*self.seeds_by_strategy.values(),
+                                                 *(t[3] or [] for t in tasks)))
+        out = []
+        for seed in all_seeds:
+            for name, over, strategies, task_seeds in tasks:
+                for strategy in strategies:
+                    allowed = task_seeds if task_seeds is not None else \
+                        self.seeds_by_strategy.get(strategy, self.seeds)
+                    if seed in allowed:
+                        out.append((seed, name, strategy, over))
+        return out
 
 
 class Experiment(BaseModel):
@@ -56,18 +82,17 @@ def load_experiment(path: str | Path, extra: list[str] = ()) -> tuple[Experiment
         raise ConfigError(f"experiment error in {path}: {err}") from None
     base = (path.parent / exp.base).resolve()
     runs = []
-    # seeds outermost: every strategy of seed 0 runs before seed 1, so a grid cut short still
-    # compares all strategies on paired seeds
-    for seed in exp.grid.seeds:
-        for task_name, task_over in exp.grid.tasks.items():
-            for strategy in exp.grid.strategies:
-                # a string join, not Path: the root may be a storage URI (s3://...)
-                run_dir = f"{exp.root.rstrip('/')}/{exp.name}/{task_name}/{strategy}-s{seed}"
-                sets = _as_sets(exp.overrides) + _as_sets(task_over) + list(extra) + [
-                    f"selection.strategy={strategy}", f"seed={seed}", f"name={exp.name}-{task_name}",
-                    f"output.run_dir={run_dir}"]
-                load_config(base, sets)  # raises ConfigError naming the field
-                runs.append((str(base), sets))
+    for seed, task_name, strategy, task_over in exp.grid.cells():
+        # a string join, not Path: the root may be a storage URI (s3://...)
+        run_dir = f"{exp.root.rstrip('/')}/{exp.name}/{task_name}/{strategy}-s{seed}"
+        sets = _as_sets(exp.overrides) + _as_sets(task_over) + list(extra) + [
+            f"selection.strategy={strategy}", f"seed={seed}", f"name={exp.name}-{task_name}",
+            f"output.run_dir={run_dir}"]
+        try:
+            load_config(base, sets)  # raises ConfigError naming the field
+        except ConfigError as err:
+            raise ConfigError(f"{path}: grid cell {task_name}/{strategy}-s{seed}: {err}") from None
+        runs.append((str(base), sets))
     return exp, runs
 
 

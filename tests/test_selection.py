@@ -10,6 +10,7 @@ def _scores(n=20, d=6, seed=0):
     rng = np.random.default_rng(seed)
     return SeedScores({"loss": rng.random(n), "loss_gt": rng.random(n), "entropy": rng.random(n),
                        "reward": rng.random(n), "judge": rng.integers(1, 11, n).astype(float),
+                       "pass_rate": rng.integers(0, 9, n) / 8,
                        "grad_embed": rng.normal(size=(n, d))})
 
 
@@ -63,3 +64,25 @@ def test_sampling_survives_underflow_and_follows_softmax():
     sc = SeedScores({"loss": np.array([1.0, 0.0, 0.0, 0.0])})
     first = [s.select(sc, 1, rng=np.random.default_rng(t), mode="sample")[0] for t in range(4000)]
     assert abs(np.mean(np.array(first) == 0) - np.e / (np.e + 3)) < 0.03
+
+
+def test_learnability_prefers_sometimes_solved_seeds():
+    # p = 0 and p = 1 teach nothing; p = 0.5 most (p(1-p)); 0.25 and 0.75 tie in between
+    p = np.array([0.0, 1.0, 0.5, 0.25, 0.75, 0.125])
+    s = build_strategy(SelectionConfig(strategy="learnability"))
+    picked = s.select(SeedScores({"pass_rate": p}), 4, rng=np.random.default_rng(0))
+    assert picked[0] == 2 and set(picked[1:3]) == {3, 4} and picked[3] == 5
+    assert s.needs == {"pass_rate"}
+
+
+def test_progress_takes_the_largest_loss_drop_and_is_uniform_in_round_one():
+    s = build_strategy(SelectionConfig(strategy="progress"))
+    now = np.array([1.0, 0.2, 2.0, 0.9])
+    before = np.array([1.1, 1.5, 2.0, 0.4])  # drops: 0.1, 1.3, 0.0, -0.5 (got worse)
+    cols = SeedScores({"loss_gt": now, "prev_loss_gt": before})
+    assert s.select(cols, 2, rng=np.random.default_rng(0)) == [1, 0]
+    # round 1: no previous round (NaN) -> every seed ties -> uniform over many draws
+    first = SeedScores({"loss_gt": now, "prev_loss_gt": np.full(4, np.nan)})
+    counts = np.bincount([s.select(first, 1, rng=np.random.default_rng(i))[0] for i in range(400)],
+                         minlength=4)
+    assert counts.min() > 60

@@ -20,6 +20,12 @@ CORRECT = "correct"        # 1.0 if the student's greedy answer is right
 REWARD = "reward"          # reward-model score of the student's answer
 JUDGE = "judge"            # teacher grade 1-10 of the student's answer
 GRAD_EMBED = "grad_embed"  # BADGE last-layer gradient embedding (n x d)
+PASS_RATE = "pass_rate"    # share of n sampled student answers judged correct
+
+
+def previous(column: str) -> str:
+    """Name of a column's value under the PREVIOUS round's student (Strategy.history)."""
+    return f"prev_{column}"
 
 
 @dataclass
@@ -41,6 +47,9 @@ class Strategy:
     needs: frozenset[str] = frozenset()
     iterative: bool = True
     """False only for `static`: the whole budget is generated up front, then one training."""
+    history: frozenset[str] = frozenset()
+    """Columns also wanted under the previous round's student: the coordinator adds them as
+    `previous(name)` from scores.jsonl (NaN where the previous round has none)."""
 
     def priority(self, scores: SeedScores) -> np.ndarray:
         raise NotImplementedError

@@ -105,6 +105,29 @@ class HFScorer:
                     answers.append(row[:row.index(eos) + 1] if eos in row else row)
         return answers
 
+    @torch.no_grad()
+    def sample(self, prompts: list[list[int]], *, n: int, temperature: float, seed: int
+               ) -> list[list[list[int]]]:
+        """n sampled answers per prompt (token ids, cut after eos), seeded so a shard's draw is
+        reproducible; the learnability strategy's pass rate comes from them."""
+        eos, out = self.tokenizer.eos_token_id, []
+        cfg = GenerationConfig(max_new_tokens=self.scfg.max_new_tokens, do_sample=True,
+                               temperature=temperature, top_k=0, top_p=1.0,
+                               num_return_sequences=n, eos_token_id=eos,
+                               pad_token_id=self.tokenizer.pad_token_id,
+                               bos_token_id=self.tokenizer.bos_token_id)
+        torch.manual_seed(seed)
+        with self._maybe_disabled():
+            for part in chunks(prompts, max(1, self.batch_size // n)):
+                ids, mask = left_pad(part, self.tokenizer.pad_token_id)
+                gen = self.model.generate(input_ids=ids.to(self.device),
+                                          attention_mask=mask.to(self.device), generation_config=cfg)
+                rows = gen[:, ids.shape[1]:].tolist()
+                for i in range(len(part)):
+                    out.append([r[:r.index(eos) + 1] if eos in r else r
+                                for r in rows[i * n:(i + 1) * n]])
+        return out
+
     def _projection(self, vocab: int) -> torch.Tensor:
         if self._proj is None:  # same seed on every shard: embeddings are comparable across shards
             gen = torch.Generator().manual_seed(self.cfg.seed + 7)

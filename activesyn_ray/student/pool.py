@@ -228,6 +228,10 @@ class StudentPool:
             cols["answer_text"] = [r["answer_text"] for r in rows]
             cols["correct"] = np.array([float(self.task.check_completion(e, t))
                                         for e, t in zip(seeds, cols["answer_text"])])
+        if "sampled_texts" in have:  # learnability: share of the n sampled answers judged correct
+            cols["pass_rate"] = np.array([np.mean([self.task.check_completion(e, t) for t in texts])
+                                          for e, texts in zip(seeds, (r["sampled_texts"]
+                                                                      for r in rows))])
         if "grad_embed" in needs:
             cols["grad_embed"] = np.stack([r["grad_embed"] for r in rows]).astype(np.float64) \
                 if rows else np.zeros((0, 0))

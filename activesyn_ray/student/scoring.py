@@ -15,6 +15,9 @@ Columns (selection/base.py reads them) and the work each one implies:
                                                                           vllm_scorer.vllm_loss_gt)
   reward       greedy decode + reward model on prompt + answer            HF reward model
                (reward_model: verifier -> = correct, StudentPool)
+  pass_rate    n SAMPLED answers at temperature T (selection.learnability) inference path
+               -> `sampled_texts`; StudentPool checks each: share correct  (vllm: one request
+                                                                          with n outputs)
 The inference path is student.inference (resolve_inference): vllm decodes with each round's LoRA
 adapter in vLLM (student/vllm_scorer.py); hf does everything in transformers (student/hf_scorer.py).
 One shard builds only the paths its needs use, lazily: a vLLM scorer asked only for `loss` never
@@ -35,7 +38,8 @@ from activesyn_ray.models import resolve_model
 from activesyn_ray.student.hf_scorer import BADGE_DIMS  # noqa: F401 -- re-exported
 from activesyn_ray.student.data import prompt_ids
 
-NEEDS = frozenset({"answer_text", "correct", "loss", "loss_gt", "entropy", "grad_embed", "reward"})
+NEEDS = frozenset({"answer_text", "correct", "loss", "loss_gt", "entropy", "grad_embed", "reward",
+                   "pass_rate"})
 DECODED = frozenset({"answer_text", "correct", "loss", "entropy", "grad_embed", "reward"})
 """Needs that start from the student's greedy answer."""
 
@@ -61,10 +65,13 @@ class Plan:
     grad_embed: bool
     loss_gt: str | None
     reward: bool
+    sample: str | None = None
+    """Path of the n sampled answers per prompt (pass_rate), None when not needed."""
 
     @property
     def paths(self) -> set[str]:
-        used = {self.decode, self.loss_gt} | ({"hf"} if self.forced_own or self.reward else set())
+        used = {self.decode, self.loss_gt, self.sample} | \
+            ({"hf"} if self.forced_own or self.reward else set())
         return used - {None}
 
 
@@ -80,7 +87,8 @@ def plan(needs, *, inference: str, vllm_loss_gt: bool = False, reward_model: str
                 grad_embed="grad_embed" in needs,
                 loss_gt=("vllm" if inference == "vllm" and vllm_loss_gt else "hf")
                 if "loss_gt" in needs else None,
-                reward="reward" in needs and reward_model not in (None, "verifier"))
+                reward="reward" in needs and reward_model not in (None, "verifier"),
+                sample=inference if "pass_rate" in needs else None)
 
 
 class ScorerWorker:
@@ -235,6 +243,13 @@ class ScorerWorker:
             if p.reward:
                 for r, v in zip(rows, self.hf.rewards(examples, texts)):
                     r["reward"] = v
+        if p.sample:
+            lc = self.cfg.selection.learnability
+            prompts = [prompt_ids(self.tokenizer, ex["question"]) for ex in examples]
+            sampled = (self.vllm if p.sample == "vllm" else self.hf).sample(
+                prompts, n=lc.n, temperature=lc.temperature, seed=self.cfg.seed)
+            for r, answers in zip(rows, sampled):
+                r["sampled_texts"] = [self._decode_text(a) for a in answers]
         if p.loss_gt:
             gt = (self.vllm if p.loss_gt == "vllm" else self.hf).reference_loss(examples)
             for r, v in zip(rows, gt):

@@ -227,6 +227,29 @@ class VllmScorer:
                 losses.append(sum(nll) / max(1, len(nll)))
         return answers, (losses if with_loss else None)
 
+    def sample(self, prompts: list[list[int]], *, n: int, temperature: float, seed: int
+               ) -> list[list[list[int]]]:
+        """n sampled answers per prompt in ONE request each (SamplingParams.n: the prompt is
+        prefilled once), seeded per request so the draw is reproducible."""
+        from vllm import SamplingParams
+
+        if not prompts:
+            return []
+        eos = self.tokenizer.eos_token_id
+        params = SamplingParams(n=n, temperature=temperature, top_p=1.0,
+                                max_tokens=self.scfg.max_new_tokens, stop_token_ids=[eos],
+                                seed=seed, detokenize=False)
+        outs = self.llm.generate([{"prompt_token_ids": self._fit_prompt(p)} for p in prompts],
+                                 params, lora_request=self.lora, use_tqdm=False)
+        res = []
+        for o in outs:
+            answers = []
+            for c in o.outputs:
+                ids = list(c.token_ids)
+                answers.append(ids[:ids.index(eos) + 1] if eos in ids else ids)
+            res.append(answers)
+        return res
+
     def reference_loss(self, examples: list[dict]) -> list[float]:
         """loss_gt from prompt_logprobs (see the module docstring for where this is used)."""
         from vllm import SamplingParams
