@@ -169,6 +169,13 @@ def summarize(r: dict) -> list[tuple[str, str, str]]:
                              f"x{vh['round_ratio']:.2f}",
                              f"adapter load {v1['adapter_load_seconds']:.2f} s vs "
                              f"{s1['adapter_load_seconds']:.2f} s"))
+        for name in ("hf", "vllm"):  # strategy=learnability: n sampled answers vs the loss score
+            r = s.get(f"score_{name}_S1") or {}
+            if r.get("learnability_seconds"):
+                rows.append((f"learnability score ({name}) / loss score",
+                             f"x{r['learnability_vs_needs']:.2f}",
+                             f"n={r['learnability_n']} sampled answers per seed, "
+                             f"{r['examples'] / r['learnability_seconds']:.2f} seeds/s"))
         if mr := s.get("merge_vs_lora_request"):
             rows.append(("scorer vLLM: adapter merged / LoRARequest",
                          f"x{mr['score_ratio']:.2f} scoring, x{mr['eval_ratio']:.2f} evaluation",

@@ -277,8 +277,9 @@ class LearnabilityConfig(_Group):
     n: int = Field(8, gt=1)
     """strategy=learnability: sampled student answers per seed (one vLLM request with n outputs,
     so the prompt is prefilled once); p = the share the task's checker accepts."""
-    temperature: float = Field(1.0, gt=0)
-    """strategy=learnability: sampling temperature of those answers."""
+    temperature: float = Field(1.0, gt=0, le=2)
+    """strategy=learnability: sampling temperature of those answers (vLLM accepts up to 2).
+    Defaults n=8, T=1.0 chosen on the validation split (docs/results.md, section 5)."""
 
 
 class SelectionConfig(_Group):

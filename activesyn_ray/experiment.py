@@ -36,10 +36,19 @@ class Grid(BaseModel):
     strategies: list[str] = Field(default_factory=lambda: ["random", "loss"])
     tasks: dict[str, dict[str, Any]] = Field(default_factory=lambda: {"default": {}})
     seeds_by_strategy: dict[str, list[int]] = Field(default_factory=dict)
+    first: list[str] = Field(default_factory=list)
+    """The primary comparison, as `strategy` or `task/strategy`: its runs (all seeds) go before
+    every other run."""
 
     def cells(self) -> list[tuple[int, str, str, dict[str, Any]]]:
-        """(seed, task, strategy, task overrides) in run order: seeds outermost, so every strategy
-        of seed 0 runs before seed 1 and a grid cut short still compares on paired seeds."""
+        """(seed, task, strategy, task overrides) in run order: the `first` strategies' runs, then
+        the rest; within each part seeds outermost, so every strategy of seed 0 runs before seed 1
+        and a grid cut short still compares on paired seeds."""
+        cells = self._cells()
+        primary = [c for c in cells if c[2] in self.first or f"{c[1]}/{c[2]}" in self.first]
+        return primary + [c for c in cells if c not in primary]
+
+    def _cells(self) -> list[tuple[int, str, str, dict[str, Any]]]:
         tasks = []
         for name, over in self.tasks.items():
             over = dict(over)
@@ -109,7 +118,7 @@ def run_experiment(path: str | Path, extra: list[str] = (), *, report_dir: str |
 
     console = Console(stderr=True)
     exp, runs = load_experiment(path, extra)
-    dirs = []
+    dirs, task_of = [], {}
     for i, (base, sets) in enumerate(runs, 1):
         cfg = load_config(base, sets)
         local, uri, note = plan_run_dir(cfg)
@@ -119,6 +128,7 @@ def run_experiment(path: str | Path, extra: list[str] = (), *, report_dir: str |
             fetch(uri, local)  # started elsewhere (or before this machine's cache was wiped)
         store = RunStore(local)
         dirs.append(store.root)
+        task_of[store.root] = [x for x in sets if x.startswith("name=")][-1].split("=", 1)[1]
         if store.exists() and store.load_state().get("done"):
             console.print(f"[{i}/{len(runs)}] {uri or store.root}: done, skipped")
             continue
@@ -133,6 +143,15 @@ def run_experiment(path: str | Path, extra: list[str] = (), *, report_dir: str |
     # the report is local (./runs/NAME/report for a storage URI root; ~/activesyn-runs under a job)
     base = local_base("runs" if is_uri(exp.root) else exp.root)[0]
     out = Path(report_dir or base / exp.name / "report")
-    summary = write_report(dirs, out)
-    console.print(f"report: {out}/report.md")
+    if len(exp.grid.tasks) == 1:
+        summary = write_report(dirs, out)
+        console.print(f"report: {out}/report.md")
+        return summary
+    # several grid tasks (e.g. two pools of one dataset): one report each, so their runs of the
+    # same strategy are never averaged together
+    summary = {}
+    for name in exp.grid.tasks:
+        mine = [d for d in dirs if task_of[d] == f"{exp.name}-{name}"]
+        summary[name] = write_report(mine, out / name)
+        console.print(f"report ({name}): {out / name}/report.md")
     return summary

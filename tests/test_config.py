@@ -54,7 +54,8 @@ def test_config_reference_is_current():
     assert (ROOT / "docs" / "config.md").read_text().strip() == reference_markdown().strip()
 
 
-@pytest.mark.parametrize("path", sorted((ROOT / "jobs").glob("*.yaml")), ids=lambda p: p.name)
+@pytest.mark.parametrize("path", sorted((ROOT / "jobs").rglob("*.yaml")),
+                         ids=lambda p: str(p.relative_to(ROOT / "jobs")))
 def test_every_job_file_validates(path):
     import yaml
 

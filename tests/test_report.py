@@ -177,3 +177,20 @@ def test_report_and_run_plots_with_and_without_strata(tmp_path):
     # a report of old runs alone still writes its curves and no strata plots
     old = write_report(dirs[1:], tmp_path / "old")
     assert old["plots"] == ["accuracy_vs_budget_basic_arithmetic.png"]
+
+
+def test_experiment_grid_cells_primary_first_and_narrowed(tmp_path):
+    from activesyn_ray.experiment import Grid
+
+    g = Grid(seeds=[0, 1, 2, 3], strategies=["random", "learnability", "static", "loss"],
+             first=["random", "learnability"], seeds_by_strategy={"static": [0, 1], "loss": [0, 1]},
+             tasks={"p1": {}, "p2-level": {"strategies": ["random", "loss"], "seeds": [0],
+                                           "teacher.procedural.like": "level"}})
+    cells = [(s, t, st) for s, t, st, _ in g.cells()]
+    primary = [c for c in cells if c[2] in ("random", "learnability")]
+    assert cells[:len(primary)] == primary  # the primary comparison runs first
+    assert [c[0] for c in primary] == sorted(c[0] for c in primary)  # seed by seed
+    assert (3, "p1", "learnability") in cells and (2, "p1", "static") not in cells
+    assert [c for c in cells if c[1] == "p2-level"] == [(0, "p2-level", "random"), (0, "p2-level", "loss")]
+    over = {(s, t, st): o for s, t, st, o in g.cells()}
+    assert over[(0, "p2-level", "loss")] == {"teacher.procedural.like": "level"}  # reserved keys gone

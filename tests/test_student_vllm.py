@@ -179,3 +179,40 @@ def test_vllm_scoring_equals_hf_and_each_new_adapter_is_used(setup, scorers):
     # built the HF path next to vLLM, lazily
     assert [ray.get(a.paths.remote()) for a in vllm.actors] == [["vllm"], ["vllm"]]
     assert ray.get(request.actors[0].paths.remote()) == ["hf", "vllm"]
+
+
+@pytest.mark.slow
+def test_sampled_answers_for_learnability_on_both_paths(setup, scorers):
+    """pass_rate: n sampled answers per seed (vLLM: one request with n outputs). Near-greedy
+    sampling reproduces the greedy answers on both paths; the draw is seeded (same call, same
+    answers); StudentPool turns the texts into the share the checker accepts."""
+    import types
+
+    import ray
+
+    from activesyn_ray.student.pool import StudentPool
+
+    cfg, task, seeds, _, adapter_a, _ = setup
+    items = _items(task, seeds[:12])
+    n = cfg.selection.learnability.n
+    for name in ("vllm", "hf"):
+        group = scorers[name]
+        _load(ray, group, adapter_a)
+        greedy = [r["answer_text"] for r in group.gather_sharded("score", items, needs=["loss"])]
+        for actor in group.actors:  # near-greedy: every sample is the greedy answer
+            ray.get(actor.set_learnability.remote(n=n, temperature=1e-3))
+        rows = group.gather_sharded("score", items, needs=["pass_rate"])
+        assert all(len(r["sampled_texts"]) == n for r in rows), name
+        assert [set(r["sampled_texts"]) for r in rows] == [{g} for g in greedy], name
+        for actor in group.actors:  # hot sampling: answers differ, yet the draw is reproducible
+            ray.get(actor.set_learnability.remote(n=n, temperature=2.0))
+        hot = group.gather_sharded("score", items, needs=["pass_rate"])
+        assert hot == group.gather_sharded("score", items, needs=["pass_rate"]), name
+        assert sum(len(set(r["sampled_texts"])) > 1 for r in hot) > len(items) / 2, name
+        cols = StudentPool._columns(types.SimpleNamespace(task=task), seeds[:12], hot,
+                                    {"pass_rate"}, False)
+        want = [np.mean([task.check_completion(e, t) for t in r["sampled_texts"]])
+                for e, r in zip(seeds[:12], hot)]
+        np.testing.assert_allclose(cols["pass_rate"], want)
+        for actor in group.actors:
+            ray.get(actor.set_learnability.remote(n=n, temperature=cfg.selection.learnability.temperature))

@@ -139,6 +139,11 @@ def main() -> None:
                 t0 = time.perf_counter()
                 rows = group.gather_sharded("score", score_items, needs=needs)
                 score_s = time.perf_counter() - t0
+                learn_s = None
+                if shards == 1 and path in ("hf", "vllm"):  # learnability's n sampled answers
+                    t0 = time.perf_counter()
+                    group.gather_sharded("score", score_items, needs=["pass_rate"])
+                    learn_s = time.perf_counter() - t0
                 t0 = time.perf_counter()
                 completions = group.gather_sharded("generate", eval_items)
                 eval_s = time.perf_counter() - t0
@@ -153,10 +158,16 @@ def main() -> None:
                 "examples_per_s": len(rows) / score_s, "seconds": score_s, "examples": len(rows),
                 "eval_examples_per_s": len(completions) / eval_s, "eval_seconds": eval_s,
                 "eval_examples": len(completions), "accuracy": sum(correct) / max(1, len(correct)),
-                "start_seconds": start_s, "adapter_load_seconds": sync_s}
+                "start_seconds": start_s, "adapter_load_seconds": sync_s,
+                # strategy=learnability: n sampled answers per example (selection.learnability)
+                "learnability_seconds": learn_s, "learnability_n": cfg.selection.learnability.n,
+                "learnability_vs_needs": None if learn_s is None else learn_s / score_s}
             print(f"scoring {path} S={shards}: {len(rows) / score_s:.2f} examples/s ({len(rows)} in "
                   f"{score_s:.1f} s); evaluation {len(completions) / eval_s:.2f} examples/s; "
-                  f"start {start_s:.1f} s", flush=True)
+                  f"start {start_s:.1f} s" + ("" if learn_s is None else
+                  f"; learnability (n={cfg.selection.learnability.n} sampled answers): "
+                  f"{learn_s:.1f} s = x{learn_s / score_s:.2f} the {'+'.join(needs)} score"),
+                  flush=True)
 
         def same(x, y) -> dict:
             (rx, cx), (ry, cy) = outs[x], outs[y]

@@ -110,6 +110,8 @@ class HFScorer:
                ) -> list[list[list[int]]]:
         """n sampled answers per prompt (token ids, cut after eos), seeded so a shard's draw is
         reproducible; the learnability strategy's pass rate comes from them."""
+        from transformers import GenerationConfig
+
         eos, out = self.tokenizer.eos_token_id, []
         cfg = GenerationConfig(max_new_tokens=self.scfg.max_new_tokens, do_sample=True,
                                temperature=temperature, top_k=0, top_p=1.0,

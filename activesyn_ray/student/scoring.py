@@ -128,6 +128,11 @@ class ScorerWorker:
                 self._vllm.load_adapter(self._adapter)
         return self._vllm
 
+    def set_learnability(self, *, n: int, temperature: float) -> None:
+        """Change selection.learnability for later calls (benchmarks and tests sweep it)."""
+        self.cfg = self.cfg.model_copy(deep=True)
+        self.cfg.selection.learnability.n, self.cfg.selection.learnability.temperature = n, temperature
+
     def paths(self) -> list[str]:
         """The paths built so far (for tests and memory reports)."""
         return [name for name, p in (("hf", self._hf), ("vllm", self._vllm)) if p is not None]
