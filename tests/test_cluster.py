@@ -422,7 +422,7 @@ def test_fits_but_held_by_others_fails_after_the_timeout(sim_cluster):
         assert time.monotonic() - t0 < 30
         msg = str(err.value)
         # what is free of what it asks and who holds the rest; never Ray's per-group bookkeeping
-        assert "free now GPU 0 of" in msg and "placement groups hold" in msg, msg
+        assert "teacher_node 0 of 4" in msg and "placement groups hold" in msg, msg
         assert "activesyn-teacher " in msg and "_group_" not in msg and "could hold" not in msg, msg
     finally:
         holder.shutdown()
