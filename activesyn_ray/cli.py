@@ -64,6 +64,10 @@ def _fail_run(err: Exception, store_root: Path) -> None:
 
     if not isinstance(err, (ActorGroupError, TeacherError, PlacementError, ray.exceptions.RayError)):
         raise err
+    from activesyn_ray.fit import FitError
+
+    if isinstance(err, FitError):  # nothing ran: the line says what to change (resume keeps the config)
+        _fail(str(err))
     logging.getLogger("activesyn").error("the run stopped", exc_info=err)
     _fail(f"{one_line(err)} (traceback in {store_root / 'run.log'}; "
           f"`activesyn resume {store_root}` continues from the last completed step)")

@@ -134,8 +134,10 @@ def _settings(parts: list[Part], key: str) -> str:
     return out
 
 
-def short_message(parts: list[Part], capacity: dict[str, float], *, n_nodes: int) -> str | None:
-    """One line per resource the run asks more of than the cluster has, joined; None if it fits."""
+def short_message(parts: list[Part], capacity: dict[str, float], *, n_nodes: int,
+                  local: bool = False) -> str | None:
+    """One line per resource the run asks more of than the cluster has, joined; None if it fits.
+    local: the run's own Ray (sized by resources.local_num_cpus), not a cluster it joined."""
     asked = totals(parts)
     lines = []
     for key in sorted(asked, key=lambda k: (k not in ("CPU", "GPU"), k)):
@@ -143,7 +145,9 @@ def short_message(parts: list[Part], capacity: dict[str, float], *, n_nodes: int
         if need <= have + EPS:
             continue
         terms = " + ".join(_term(p, key) for p in parts if key in p.bundle)
-        if key == "CPU" and n_nodes == 1:
+        if key == "CPU" and local:
+            more = f"set resources.local_num_cpus: {math.ceil(need - EPS)}"
+        elif key == "CPU" and n_nodes == 1:
             more = f"start the head with --num-cpus {math.ceil(need - EPS)}"
         elif key in ("CPU", "GPU"):
             more = f"add nodes with {_num(need - have)} more {key}s"
@@ -154,14 +158,16 @@ def short_message(parts: list[Part], capacity: dict[str, float], *, n_nodes: int
     return "; and ".join(lines) or None
 
 
-def check(cfg, nodes: list[dict[str, float]], *, node_names: list[str] | None = None) -> None:
-    """Raise FitError if the run `cfg` can never be placed on `nodes` (their total resources)."""
+def check(cfg, nodes: list[dict[str, float]], *, node_names: list[str] | None = None,
+          local: bool = False) -> None:
+    """Raise FitError if the run `cfg` can never be placed on `nodes` (their total resources);
+    local: they are the run's own local Ray."""
     parts, groups = demand(cfg)
     capacity: dict[str, float] = {}
     for node in nodes:
         for k, v in visible(node).items():
             capacity[k] = capacity.get(k, 0.0) + v
-    msg = short_message(parts, capacity, n_nodes=len(nodes))
+    msg = short_message(parts, capacity, n_nodes=len(nodes), local=local)
     if msg:
         raise FitError(msg)
     for g in groups:  # each placement group on its own: enough in total, but no node holds a bundle
@@ -184,11 +190,13 @@ def check_cluster(cfg) -> str:
     one-line summary of what the run reserves and what the cluster has."""
     import ray
 
+    from activesyn_ray.runtime import started_local_ray
+
     alive = [n for n in ray.nodes() if n.get("Alive")]
     nodes = [n["Resources"] for n in alive]
     names = [("head " if "node:__internal_head__" in n["Resources"] else "")
              + str(n.get("NodeManagerAddress", "?")) for n in alive]
-    check(cfg, nodes, node_names=names)
+    check(cfg, nodes, node_names=names, local=started_local_ray())
     capacity: dict[str, float] = {}
     for node in nodes:
         for k, v in visible(node).items():

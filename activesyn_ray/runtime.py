@@ -162,6 +162,15 @@ def _agent_port_chosen_by_os():
         parameter.RayParams = base
 
 
+_started_local = False
+
+
+def started_local_ray() -> bool:
+    """Whether init_ray started this process's Ray (sized by resources.local_num_cpus) rather than
+    joining a cluster."""
+    return _started_local and ray.is_initialized()
+
+
 def init_ray(resources_cfg, *, log_to_driver: bool = True) -> None:
     """Join RAY_ADDRESS / resources.ray_address if given (e.g. under `ray job submit`), else start a
     local Ray sized by resources.local_num_cpus."""
@@ -180,5 +189,7 @@ def init_ray(resources_cfg, *, log_to_driver: bool = True) -> None:
         # `ray start` head already running on this machine.
         with _agent_port_chosen_by_os():
             ray.init(address="local", num_cpus=resources_cfg.local_num_cpus, **kwargs)
+        global _started_local
+        _started_local = True
     if _run_log is not None and not getattr(_run_log, "verbose", False) and log_to_driver:
         _route_worker_output()

@@ -124,6 +124,33 @@ def test_too_small_is_one_line_of_demand_against_capacity():
     assert "\n" not in str(err.value)
 
 
+def test_too_small_local_ray_names_local_num_cpus():
+    """The run's own Ray is sized by the config, not by `ray start`: the line says which field."""
+    cfg = load_config(ROOT / "jobs/quickstart.yaml", ["resources.local_num_cpus=1"])
+    with pytest.raises(fit.FitError, match=r"^asks for 2 CPUs: trainer 1 \+ scorers 2 x 0.375 \+ teacher "
+                                           r"0.25; the cluster has 1 CPU; lower .*, or set "
+                                           r"resources.local_num_cpus: 2$"):
+        fit.check(cfg, [{"CPU": 1.0}], local=True)
+
+
+@pytest.mark.slow
+def test_activesyn_run_on_a_too_small_local_ray_prints_one_line(tmp_path):
+    """`activesyn run` (its own local Ray): the same check, one `error:` line, exit 2, no actor."""
+    t0 = time.monotonic()
+    res = subprocess.run([sys.executable, "-m", "activesyn_ray.cli", "run", "jobs/quickstart.yaml",
+                          "--run-dir", str(tmp_path / "run"), "--set", "resources.local_num_cpus=1"],
+                         cwd=ROOT, env=_head_env(), capture_output=True, text=True, timeout=600)
+    print(f"activesyn run on 1 CPU: rc {res.returncode} after {time.monotonic() - t0:.0f}s")
+    plain = "\n".join(ln for ln in res.stderr.splitlines() if not ln.lstrip().startswith(("│", "╭", "╰")))
+    assert res.returncode == 2, plain[-3000:]  # (rich draws a traceback in boxes: the lines left)
+    errors = [ln for ln in res.stderr.splitlines() if ln.startswith("error:")]
+    assert errors == ["error: asks for 2 CPUs: trainer 1 + scorers 2 x 0.375 + teacher 0.25; the "
+                      "cluster has 1 CPU; lower resources.trainer/scorers/teacher.num_cpus (or "
+                      "teacher.replicas), or set resources.local_num_cpus: 2"], res.stderr[-3000:]
+    assert "Traceback" not in res.stderr
+    assert not (tmp_path / "run" / "metrics.jsonl").exists()
+
+
 def test_placement_group_bookkeeping_is_never_shown():
     """Ray adds resources per placed group (what the old timeout message listed instead of CPUs)."""
     pg = "f57954014a6b56343be2c6035de701000000"
