@@ -59,10 +59,15 @@ def _fail_run(err: Exception, store_root: Path) -> None:
     import ray
 
     from activesyn_ray.actors import ActorGroupError, one_line
+    from activesyn_ray.placement import PlacementError
     from activesyn_ray.teacher.engines.base import TeacherError
 
-    if not isinstance(err, (ActorGroupError, TeacherError, ray.exceptions.RayError)):
+    if not isinstance(err, (ActorGroupError, TeacherError, PlacementError, ray.exceptions.RayError)):
         raise err
+    from activesyn_ray.fit import FitError
+
+    if isinstance(err, FitError):  # nothing ran: the line says what to change (resume keeps the config)
+        _fail(str(err))
     logging.getLogger("activesyn").error("the run stopped", exc_info=err)
     _fail(f"{one_line(err)} (traceback in {store_root / 'run.log'}; "
           f"`activesyn resume {store_root}` continues from the last completed step)")
@@ -190,9 +195,11 @@ def experiment(grid: Path = typer.Argument(..., help="Experiment YAML with a `gr
     """Run a grid of tasks x strategies x seeds (skipping finished runs), then write the report."""
     from activesyn_ray.experiment import run_experiment
 
+    from activesyn_ray.placement import PlacementError
+
     try:
         run_experiment(grid, set_ or [], report_dir=report_dir, verbose=verbose)
-    except ConfigError as err:
+    except (ConfigError, PlacementError) as err:  # PlacementError: a run does not fit the cluster
         _fail(str(err))
 
 

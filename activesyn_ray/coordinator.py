@@ -536,11 +536,14 @@ class Coordinator:
 def run_loop(run_dir: str | Path | RunStore) -> dict:
     """Drive one run to the end (or resume it): starts/joins Ray, runs the Coordinator actor, prints
     the run directory and final metrics."""
+    from activesyn_ray.fit import check_cluster
     from activesyn_ray.runtime import init_ray
 
     store = run_dir if isinstance(run_dir, RunStore) else RunStore(run_dir)
     cfg = load_config(store.path(runstore.CONFIG))
     init_ray(cfg.resources)
+    # all pools against the cluster's totals at once: FitError in one line, before any actor
+    logging.getLogger("activesyn").info(check_cluster(cfg))
     # Pinned to the driver's node: the run directory is a local path there (no shared storage needed;
     # adapters come back from the trainer as bytes).
     here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)

@@ -7,6 +7,10 @@ the group's strategy), and still bound the wait, so the error names what was ask
     PlacementError: teacher: 5 actors x {GPU=1, teacher_node=1} (SPREAD) do not fit: the nodes
     hold 4 of them; asked in all GPU=5, teacher_node=5; the cluster has GPU=8, teacher_node=4 ...
 
+A group that fits the cluster but stays pending (other jobs, or the run's own pools, hold what it
+needs) fails after the timeout with what is free of what it asks and which placement groups hold
+the rest. A whole run is checked against the cluster before its first pool is reserved (fit.py).
+
 Placement is by resources only: a custom resource that only one node type advertises (e.g.
 `teacher_node` in cluster.yaml) pins a group to that node type.
 """
@@ -16,15 +20,20 @@ from __future__ import annotations
 import json
 import logging
 import math
+import re
 import time
 
 import ray
-from ray.util.placement_group import PlacementGroup, placement_group, remove_placement_group
+from ray.util.placement_group import (PlacementGroup, placement_group, placement_group_table,
+                                      remove_placement_group)
 
 log = logging.getLogger(__name__)
 
 # Resources a node reports that no actor of ours asks for; left out of messages.
 _HIDDEN = ("memory", "object_store_memory")
+# What Ray adds for each placement group it places (CPU_group_<pg id>, CPU_group_0_<pg id>,
+# bundle_group_0_<pg id>, ...): its own bookkeeping, never something a user could ask for.
+_PG_RESOURCE = re.compile(r"_group_(\d+_)?[0-9a-f]{16,}$")
 
 
 class PlacementError(RuntimeError):
@@ -50,9 +59,11 @@ def _describe(d: dict[str, float]) -> str:
     return ", ".join(f"{k}={v:g}" for k, v in sorted(d.items())) or "nothing"
 
 
-def _visible(resources: dict[str, float]) -> dict[str, float]:
+def visible(resources: dict[str, float]) -> dict[str, float]:
+    """The resources a user asks for (CPU, GPU, custom ones): no memory, node ids, nor the
+    resources Ray creates for placement groups."""
     return {k: v for k, v in resources.items()
-            if k not in _HIDDEN and not k.startswith("node:") and v > 0}
+            if k not in _HIDDEN and not k.startswith("node:") and not _PG_RESOURCE.search(k) and v > 0}
 
 
 def node_capacity(node: dict[str, float], bundle: dict[str, float]) -> int:
@@ -113,11 +124,11 @@ def misfit_message(name: str, bundles: list[dict[str, float]], strategy: str,
     """What was asked, what exists, and what to change; `nodes` are per-node total resources."""
     _, held = fits(bundles, strategy, nodes)
     asked = _sum(bundles)
-    total = _sum([_visible(n) for n in nodes])
+    total = _sum([visible(n) for n in nodes])
     shape = (f"{len(bundles)} actor{'s' * (len(bundles) != 1)} x {{{_describe(bundles[0])}}}"
              if all(b == bundles[0] for b in bundles) else f"{len(bundles)} bundles")
     names = node_names or [f"node {i}" for i in range(len(nodes))]
-    per_node = "; ".join(f"{nm} {{{_describe(_visible(n))}}}" for nm, n in zip(names, nodes))
+    per_node = "; ".join(f"{nm} {{{_describe(visible(n))}}}" for nm, n in zip(names, nodes))
     short = [k for k, v in asked.items() if total.get(k, 0.0) + 1e-9 < v]
     why = (f"short of {', '.join(sorted(short))}" if short else
            "enough in total, but no node layout holds them under " + strategy)
@@ -167,6 +178,46 @@ def check_fits(name: str, bundles: list[dict[str, float]], *, strategy: str = "P
     raise PlacementError(misfit_message(name, bundles, strategy, nodes, node_names=names))
 
 
+def _held_by_groups(keys: list[str], *, exclude: str = "") -> list[tuple[str, dict[str, float]]]:
+    """(name, resources of `keys` it holds) of every placement group placed now."""
+    out = []
+    for pg_id, info in placement_group_table().items():
+        if pg_id == exclude or info.get("state") != "CREATED":
+            continue
+        held = _sum([{k: v for k, v in b.items() if k in keys}
+                     for b in (info.get("bundles") or {}).values()])
+        if any(held.values()):
+            out.append((info.get("name") or f"unnamed {pg_id[:8]}", held))
+    return out
+
+
+def pending_message(name: str, bundles: list[dict[str, float]], strategy: str, *,
+                    timeout_s: float, exclude: str = "") -> str:
+    """Why a placement group that fits the cluster on its own is still pending: what it asks, what
+    is free of that now, and who holds the rest (placement groups by name, other actors and tasks).
+    Never Ray's internal per-group resources, and no claim about what the nodes could hold: the
+    run's own pools together may not fit a node layout that each fits alone."""
+    asked = _sum(bundles)
+    keys = sorted(asked)
+    total = _sum([visible(n["Resources"]) for n in _alive_nodes()])
+    free = ray.available_resources()
+    groups = _held_by_groups(keys, exclude=exclude)
+    by_groups = _sum([h for _, h in groups])
+    state = ", ".join(f"{k} {free.get(k, 0.0):g} of {total.get(k, 0.0):g}" for k in keys)
+    shown = "; ".join(f"{nm} {_describe(h)}" for nm, h in groups[:6]) + \
+        (f"; {len(groups) - 6} more" if len(groups) > 6 else "")
+    others = {k: total.get(k, 0.0) - free.get(k, 0.0) - by_groups.get(k, 0.0) for k in keys}
+    others = {k: v for k, v in others.items() if v > 1e-6}
+    held = (f"placement groups hold {_describe(by_groups)} ({shown})" if groups else
+            "no placement group holds any")
+    held += f", other actors and tasks {_describe(others)}" if others else ""
+    shape = (f"{len(bundles)} actor{'s' * (len(bundles) != 1)} x {{{_describe(bundles[0])}}}"
+             if all(b == bundles[0] for b in bundles) else f"{len(bundles)} bundles {_describe(asked)}")
+    return (f"{name}: {shape} ({strategy}) not placed within {timeout_s:g}s; free now {state}; "
+            f"{held}. Wait for what holds them (another job or run) to end, raise "
+            f"resources.placement_timeout_s, lower the per-actor resources, or add nodes")
+
+
 def reserve(name: str, bundles: list[dict[str, float]], *, strategy: str,
             timeout_s: float, node_wait_s: float = 0) -> PlacementGroup | None:
     """Create and wait for a placement group; None when the actors ask for no resources at all."""
@@ -177,11 +228,9 @@ def reserve(name: str, bundles: list[dict[str, float]], *, strategy: str,
     try:
         ray.get(pg.ready(), timeout=timeout_s)
     except ray.exceptions.GetTimeoutError:
+        msg = pending_message(name, bundles, strategy, timeout_s=timeout_s, exclude=pg.id.hex())
         remove_placement_group(pg)
-        raise PlacementError(
-            f"{name}: placement group {_describe(bundles[0])} x{len(bundles)} ({strategy}) not placed "
-            f"within {timeout_s:g}s although the nodes could hold it; free now: "
-            f"{_describe(_visible(ray.available_resources()))} (other actors hold the rest)") from None
+        raise PlacementError(msg) from None
     return pg
 
 

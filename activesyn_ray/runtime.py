@@ -15,6 +15,7 @@ transformers' loading bars, DeepSpeed's warnings, any worker print -- is appende
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import threading
@@ -131,6 +132,45 @@ def _route_worker_output() -> None:
     dispatcher.add_handler("ray_print_logs", handle)
 
 
+@contextlib.contextmanager
+def _agent_port_chosen_by_os():
+    """While a local Ray starts: its dashboard agent listens on a port the OS picks, not on Ray's
+    fixed default 52365.
+
+    A `ray start --head` on the same machine needs 52365 for its job agent. Whichever Ray starts
+    second gets an agent without its HTTP server ("address already in use"), and under a head that
+    means every `ray job submit` fails with "No available agent". ray.init() has no argument for
+    this port; the RayParams it builds take 0 (any free port), so it is built with 0 here. If Ray's
+    internals move, the local Ray starts as before (on 52365)."""
+    try:
+        from ray._private import parameter
+
+        base = parameter.RayParams
+    except (ImportError, AttributeError):
+        yield
+        return
+
+    class RayParams(base):
+        def __init__(self, *args, **kwargs):
+            kwargs.setdefault("dashboard_agent_listen_port", 0)
+            super().__init__(*args, **kwargs)
+
+    parameter.RayParams = RayParams
+    try:
+        yield
+    finally:
+        parameter.RayParams = base
+
+
+_started_local = False
+
+
+def started_local_ray() -> bool:
+    """Whether init_ray started this process's Ray (sized by resources.local_num_cpus) rather than
+    joining a cluster."""
+    return _started_local and ray.is_initialized()
+
+
 def init_ray(resources_cfg, *, log_to_driver: bool = True) -> None:
     """Join RAY_ADDRESS / resources.ray_address if given (e.g. under `ray job submit`), else start a
     local Ray sized by resources.local_num_cpus."""
@@ -147,6 +187,9 @@ def init_ray(resources_cfg, *, log_to_driver: bool = True) -> None:
     else:
         # address="local": always a fresh local Ray; a bare ray.init() would silently join any
         # `ray start` head already running on this machine.
-        ray.init(address="local", num_cpus=resources_cfg.local_num_cpus, **kwargs)
+        with _agent_port_chosen_by_os():
+            ray.init(address="local", num_cpus=resources_cfg.local_num_cpus, **kwargs)
+        global _started_local
+        _started_local = True
     if _run_log is not None and not getattr(_run_log, "verbose", False) and log_to_driver:
         _route_worker_output()
