@@ -153,7 +153,8 @@ def export(run: str = typer.Argument(..., help=RUN_HELP),
            merge: bool = typer.Option(False, "--merge", help="Also write RUN/checkpoints/final merged "
                                       "into the base model as a full HF model folder (OUT/model).")):
     """The synthetic set as a `datasets` dataset (OUT/dataset) and Parquet (OUT/synthetic.parquet)
-    with flat provenance columns; --merge: the final student as one model folder."""
+    with flat provenance columns, and in the prompt/completion and chat layouts SFT tools read
+    (OUT/sft/*.jsonl); --merge: the final student as one model folder."""
     from activesyn_ray.export import export_dataset, merge_model
 
     run_dir = _run_dir(run)
@@ -162,6 +163,8 @@ def export(run: str = typer.Argument(..., help=RUN_HELP),
         res = export_dataset(run_dir, out)
         console.print(f"{res['rows']} samples -> {res['dataset']} (datasets.load_from_disk) and "
                       f"{res['parquet']}")
+        console.print(f"{res['sft_rows']} trained-on samples for SFT tools (TRL SFTTrainer): "
+                      f"{res['prompt_completion']} (prompt/completion), {res['messages']} (chat)")
         if merge:
             console.print(f"merged model -> {merge_model(run_dir, out)} (from_pretrained)")
     except (FileNotFoundError, ValueError) as err:

@@ -151,6 +151,49 @@ def test_export_round_trips_through_load_from_disk(tmp_path):
     assert second["parsed"] is False and second["question"] is None and second["stratum"] == "hard"
 
 
+def test_export_sft_layouts_are_what_trl_sfttrainer_trains_on(tmp_path):
+    """OUT/sft/prompt_completion.jsonl and messages.jsonl, read with datasets' json loader and
+    handed as they are to TRL's SFTTrainer: the prompt/completion layout gives the very token ids
+    and loss mask the student's own trainer builds; the chat layout keeps the `#### answer`
+    format in the assistant turn. Only trained-on samples (parsed, not contaminated) are there."""
+    import datasets
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from trl import SFTConfig, SFTTrainer
+
+    from activesyn_ray import runstore
+    from activesyn_ray.export import export_dataset
+    from activesyn_ray.models import resolve_model
+    from activesyn_ray.student.data import encode
+
+    run = _fake_run(tmp_path)
+    runstore.RunStore(run).append(runstore.SYNTHETIC, [  # a held-out question: never trained on
+        {"request_id": "gen-2-s1", "seed_id": "s1", "iteration": 2, "parsed": True,
+         "contaminated": "exact", "example": {"id": "g", "question": "9+9=?", "answer": "18"}}])
+    res = export_dataset(run, tmp_path / "out")
+    assert res["sft_rows"] == 1
+    load = lambda p: datasets.load_dataset("json", data_files=str(p), split="train")  # noqa: E731
+    pc, chat = load(res["prompt_completion"]), load(res["messages"])
+    assert pc.to_list() == [{"prompt": "Question: 3+4=?\nAnswer:", "completion": " 3+4 is 7\n#### 7"}]
+    assert chat.to_list() == [{"messages": [{"content": "3+4=?", "role": "user"},
+                                            {"content": "3+4 is 7\n#### 7", "role": "assistant"}]}]
+
+    tok = AutoTokenizer.from_pretrained(resolve_model("tiny"))
+    # a base model has no chat template; a user gives one, as here (SmolLM2 and hub chat models ship theirs)
+    tok.chat_template = ("{% for m in messages %}<{{ m['role'] }}>{{ m['content'] }}\n{% endfor %}"
+                         "{% if add_generation_prompt %}<assistant>{% endif %}")
+    model = AutoModelForCausalLM.from_pretrained(resolve_model("tiny"))
+
+    def prepared(ds):
+        args = SFTConfig(output_dir=str(tmp_path / "trl"), report_to=[], max_steps=1, use_cpu=True)
+        return SFTTrainer(model=model, args=args, train_dataset=ds, processing_class=tok).train_dataset[0]
+
+    row = prepared(pc)
+    ids, labels = encode(tok, {"question": "3+4=?", "target": " 3+4 is 7\n#### 7"}, max_len=1024)
+    assert row["input_ids"] == ids and row["labels"] == labels  # what the student trains on
+    row = prepared(chat)
+    assert tok.decode(row["input_ids"]) == "<user>3+4=?\n<assistant>3+4 is 7\n#### 7\n"
+
+
 def test_merged_model_answers_like_base_plus_adapter(tmp_path):
     import torch
     from peft import LoraConfig, PeftModel, get_peft_model
