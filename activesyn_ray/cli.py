@@ -24,9 +24,11 @@ import typer
 from rich.console import Console
 
 from activesyn_ray.config import ConfigError, load_config
+from activesyn_ray.console import TerminalFile
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__.split("\n\n")[0])
-console = Console(stderr=True, soft_wrap=True)
+# The terminal's stderr, also while a run holds sys.stderr for library output (runtime.library_output)
+console = Console(file=TerminalFile(), soft_wrap=True)
 VERBOSE_HELP = "Also show library output (Ray, transformers, DeepSpeed) on the console; it always " \
                "goes to RUN/run.log."
 RUN_HELP = "A run directory, or its storage URI (s3://..., file://...)."
@@ -71,22 +73,24 @@ def _fail_run(err: Exception, store_root: Path) -> None:
 def _drive(store_root: Path, verbose: bool) -> None:
     """Run/resume the loop with quiet console, then push the run directory to its storage URI."""
     from activesyn_ray.coordinator import run_loop
-    from activesyn_ray.runtime import route_logs
+    from activesyn_ray.runtime import library_output, route_logs
     from activesyn_ray.storage import remote_of, sync_up
 
-    console.print(f"library output: {route_logs(store_root, verbose=verbose)}")
-    try:
-        run_loop(store_root)
-    except Exception as err:
-        _fail_run(err, store_root)
-    if not (store_root / "trackers.json").exists():
-        # the loop did not track live (a coordinator without the tracking hook): write them now
-        from activesyn_ray.tracking import replay
+    console.print(f"library output (Ray, DeepSpeed, vLLM, transformers): "
+                  f"{route_logs(store_root, verbose=verbose)}")
+    with library_output():
+        try:
+            run_loop(store_root)
+        except Exception as err:
+            _fail_run(err, store_root)
+        if not (store_root / "trackers.json").exists():
+            # the loop did not track live (a coordinator without the tracking hook): write them now
+            from activesyn_ray.tracking import replay
 
-        replay(store_root)
-    if uri := remote_of(store_root):
-        sync_up(store_root)  # the end of the run (report, plots) -- errors are raised here
-        console.print(f"synced to {uri}")
+            replay(store_root)
+        if uri := remote_of(store_root):
+            sync_up(store_root)  # the end of the run (report, plots) -- errors are raised here
+            console.print(f"synced to {uri}")
 
 
 @app.command()
@@ -96,10 +100,12 @@ def run(config: Path = typer.Argument(..., help="Run config YAML (see jobs/)."),
         run_dir: Optional[str] = typer.Option(None, help="Exact run directory (or URI) to create."),
         verbose: bool = typer.Option(False, "--verbose", "-v", help=VERBOSE_HELP)):
     """Start a run from CONFIG."""
+    from activesyn_ray import runtime
     from activesyn_ray.run_setup import new_run
     from activesyn_ray.storage import attach, plan_run_dir
     from activesyn_ray.tasks.files import BadRow
 
+    runtime.VERBOSE = verbose
     try:
         cfg = load_config(config, set_ or [])
         local, uri, note = plan_run_dir(cfg, run_dir)
@@ -191,8 +197,10 @@ def experiment(grid: Path = typer.Argument(..., help="Experiment YAML with a `gr
                report_dir: Optional[Path] = typer.Option(None, help="Where the report goes."),
                verbose: bool = typer.Option(False, "--verbose", "-v", help=VERBOSE_HELP)):
     """Run a grid of tasks x strategies x seeds (skipping finished runs), then write the report."""
+    from activesyn_ray import runtime
     from activesyn_ray.experiment import run_experiment
 
+    runtime.VERBOSE = verbose
     try:
         run_experiment(grid, set_ or [], report_dir=report_dir, verbose=verbose)
     except ConfigError as err:

@@ -373,6 +373,9 @@ class OutputConfig(_Group):
     (each needs its package installed; W&B/MLflow read their usual env: WANDB_*, MLFLOW_*)."""
     tracker_project: str | None = None
     """W&B project / MLflow experiment name (None: `activesyn`)."""
+    next_step: str | None = None
+    """A line the console prints when the run ends, under where the report and plot are (e.g. the
+    command that compares strategies on this task)."""
 
 
 # ----------------------------------------------------------------------------------------- the run

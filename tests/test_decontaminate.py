@@ -10,7 +10,7 @@ from activesyn_ray.run_setup import make_splits
 from activesyn_ray.tasks import Example, build_task, stratum
 from pathlib import Path
 
-QUICK = Path(__file__).resolve().parents[1] / "jobs" / "quickstart.yaml"
+QUICK = Path(__file__).resolve().parents[1] / "jobs" / "tiny-cpu.yaml"
 
 
 def test_normalisation_ignores_case_space_and_number_format():
@@ -88,7 +88,8 @@ def test_truncating_max_seq_len_and_small_question_spaces_warn_with_numbers():
     assert check_question_space(big, build_task(big.task, seed=0)) == []
 
 
-LOCAL_JOBS = [QUICK.parent / n for n in ("quickstart.yaml", "loop-timing-cpu.yaml", "pretrained-cpu.yaml")]
+LOCAL_JOBS = [QUICK.parent / n for n in ("quickstart.yaml", "tiny-cpu.yaml", "loop-timing-cpu.yaml",
+                                        "pretrained-cpu.yaml")]
 BENCH_LOOP = Path(__file__).resolve().parents[1] / "activesyn_ray" / "benchmarks" / "loop.yaml"
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 import time
@@ -229,32 +230,40 @@ def test_merged_model_answers_like_base_plus_adapter(tmp_path):
 
 # ----------------------------------------------------------------------------------------- console
 CHATTER = ("Loading weights", "Writing model shards", "real_accelerator", "Token authentication",
-           "Started a local Ray", "repeated", "WARNING", "autoscaler")
+           "Started a local Ray", "repeated", "WARNING", "autoscaler", "(pid=", "Traceback")
+# Every line the console may print for a run (console.py, cli.py); anything else is a leak.
+OUR_LINES = re.compile(r"^(run directory: |library output |starting Ray |Ray ready |loading the "
+                       r"student |trainer ready |starting \d+ teacher |teacher and scorers ready |"
+                       r"evaluating the starting student |iteration \d+( \(the starting student\))?: "
+                       r"samples |final accuracy: |  by level: |report: |plot: |next: )")
+SMALL = ["budget.samples=8", "selection.k=4", "task.seed_size=8", "task.test_size=4",
+         "student.epochs=1"]
+
+
+def _tiny_cli(run_dir: Path, sets: list[str]) -> list[str]:
+    return [sys.executable, "-m", "activesyn_ray.cli", "run", "jobs/tiny-cpu.yaml", "--run-dir",
+            str(run_dir), *sum((["--set", s] for s in sets), [])]
 
 
 @pytest.mark.slow
-def test_console_is_one_bar_and_one_line_per_iteration(tmp_path):
-    """A two-round quickstart: the console holds the run directory, the progress bar, one line
-    per iteration and the result; library output is in RUN/run.log."""
-    run_dir = tmp_path / "run"
-    sets = ["budget.samples=8", "selection.k=4", "task.seed_size=8", "task.test_size=4",
-            "student.epochs=1", "output.plots=false"]
-    env = dict(os.environ, PYTHONPATH=str(ROOT), PYTHONUNBUFFERED="1")
-    res = subprocess.run([sys.executable, "-m", "activesyn_ray.cli", "run", "jobs/quickstart.yaml",
-                          "--run-dir", str(run_dir), *sum((["--set", s] for s in sets), [])],
-                         env=env, cwd=ROOT, capture_output=True, text=True, timeout=900)
-    out = res.stdout + res.stderr
-    assert res.returncode == 0, out[-3000:]
-    # the progress bar redraws in place on a terminal; into a pipe each redraw is a line of its own
-    lines = [ln.split("\r")[-1] for ln in out.split("\n") if ln.strip()]
-    text = [ln for ln in lines if "synthetic samples:" not in ln]
+def test_console_through_a_pipe_is_our_lines_only(tmp_path):
+    """A two-round run through a pipe: every line is one of the console's own (start-up phases,
+    one per iteration, the summary) and no library output; that goes to RUN/run.log. No bar: it
+    is drawn only on a terminal."""
     from activesyn_ray import runstore
 
-    metrics = runstore.RunStore(run_dir).read(runstore.METRICS)  # (a baseline row, then one per round)
-    assert len(lines) > len(text), out  # the bar is there
-    assert len([ln for ln in text if "[activesyn] iteration" in ln]) == len(metrics), out
+    run_dir = tmp_path / "run"
+    env = dict(os.environ, PYTHONPATH=str(ROOT), PYTHONUNBUFFERED="1")
+    res = subprocess.run(_tiny_cli(run_dir, SMALL + ["output.plots=false"]), env=env, cwd=ROOT,
+                         capture_output=True, text=True, timeout=900)
+    out = res.stdout + res.stderr
+    assert res.returncode == 0, out[-3000:]
+    lines = [ln for ln in out.split("\n") if ln.strip()]
+    assert [ln for ln in lines if not OUR_LINES.match(ln)] == [], out
     assert not [ln for ln in lines if any(c in ln for c in CHATTER)], out
-    assert len(text) == 4 + len(metrics), out  # run dir, run.log, iterations, run dir, result
+    metrics = runstore.RunStore(run_dir).read(runstore.METRICS)  # (a baseline row, then one per round)
+    assert len([ln for ln in lines if ln.startswith("iteration ")]) == len(metrics) == 3, out
+    assert "\r" not in out and "synthetic samples" not in out, out
     log = (run_dir / "run.log").read_text()
     assert "Started a local Ray" in log and "TrainerWorker" in log
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
@@ -263,6 +272,69 @@ def test_console_is_one_bar_and_one_line_per_iteration(tmp_path):
     # the run's accuracy curve, against samples spent
     assert [(e.step, round(e.value, 6)) for e in acc] == \
         [(m["samples"], round(m["accuracy"], 6)) for m in metrics]
+
+
+def _run_in_a_terminal(cmd: list[str], env: dict, timeout: float) -> tuple[int, str]:
+    """`cmd` with stdin/stdout/stderr on a pseudo-terminal (120 x 40), as in a person's terminal;
+    returns the exit code and everything it wrote to the terminal."""
+    import fcntl
+    import pty
+    import select
+    import struct
+    import termios
+
+    master, slave = pty.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 120, 0, 0))
+    proc = subprocess.Popen(cmd, stdin=slave, stdout=slave, stderr=slave, env=env, cwd=ROOT,
+                            start_new_session=True)
+    os.close(slave)
+    out, deadline = b"", time.time() + timeout
+    try:
+        while time.time() < deadline:
+            if select.select([master], [], [], 1.0)[0]:
+                try:
+                    chunk = os.read(master, 65536)
+                except OSError:  # EIO: the terminal's last writer is gone
+                    break
+                if not chunk:
+                    break
+                out += chunk
+            elif proc.poll() is not None:
+                break
+    finally:
+        os.close(master)
+        if proc.poll() is None:
+            proc.kill()
+    return proc.wait(timeout=60), out.decode("utf-8", "replace")
+
+
+@pytest.mark.slow
+def test_console_in_a_terminal_says_what_it_does_and_nothing_else(tmp_path):
+    """What a person sees in a terminal, on a machine where the student model is not built yet
+    (a fresh ACTIVESYN_CACHE: the driver builds it, which printed loading/writing bars and
+    DeepSpeed's accelerator warning): start-up prints its phases, the bar is drawn (no `(pid=`
+    prefix), one line per iteration, the summary; no library warning or bar."""
+    from activesyn_ray import runstore
+
+    run_dir = tmp_path / "run"
+    env = dict(os.environ, PYTHONPATH=str(ROOT), TERM="xterm",
+               ACTIVESYN_CACHE=str(tmp_path / "fresh-cache"))
+    code, out = _run_in_a_terminal(_tiny_cli(run_dir, SMALL), env, timeout=900)
+    assert code == 0, out[-3000:]
+    for phase in ("starting Ray (local, 3 CPUs)", "Ray ready", "loading the student (tiny:h=128,l=2",
+                  "1 trainer rank (DeepSpeed ZeRO-2), 2 scorer shards (hf)", "trainer ready",
+                  "starting 1 teacher replica (procedural", "teacher and scorers ready",
+                  "evaluating the starting student on 4 test questions"):
+        assert phase in out, (phase, out[-3000:])
+    assert "synthetic samples 4/8 |" in out  # the bar, redrawn in place
+    assert not [c for c in CHATTER if c in out], out
+    screen = [ln.split("\r")[-1] for ln in out.split("\n") if ln.split("\r")[-1].strip()]
+    assert [ln for ln in screen if not OUR_LINES.match(ln)] == [], out
+    metrics = runstore.RunStore(run_dir).read(runstore.METRICS)
+    assert len([ln for ln in screen if ln.startswith("iteration ")]) == len(metrics) == 3
+    assert f"report: {run_dir}/report/report.md" in out
+    log = (run_dir / "run.log").read_text()
+    assert "Writing model shards" in log  # the model was built in the driver, and its bar went here
 
 
 # ----------------------------------------------------------------------------------------- storage
@@ -276,10 +348,10 @@ def test_run_dir_synced_to_a_file_uri_and_read_back(tmp_path, monkeypatch):
 
     monkeypatch.setenv("ACTIVESYN_CACHE", str(tmp_path / "cache"))
     remote = tmp_path / "bucket"
-    cfg = load_config(ROOT / "jobs" / "quickstart.yaml",
+    cfg = load_config(ROOT / "jobs" / "tiny-cpu.yaml",
                       [f"output.root=file://{remote}", "task.seed_size=8", "task.test_size=4"])
     local, uri, note = storage.plan_run_dir(cfg)
-    assert uri.startswith(f"file://{remote}/quickstart-") and note is None
+    assert uri.startswith(f"file://{remote}/tiny-cpu-") and note is None
     assert str(local).startswith(str(tmp_path / "cache" / "runs"))
     store = new_run(cfg, local)
     storage.attach(store.root, uri)
@@ -406,7 +478,7 @@ def test_hf_task_dry_run_writes_the_splits(tmp_path):
     sets = ["task.kind=hf", f"task.hf.dataset={folder}", "task.hf.test_split=null",
             "task.hf.question_field=problem", "task.hf.answer_field=solution",
             "task.seed_size=8", "task.test_size=4", "teacher.engine=hf"]
-    res = CliRunner().invoke(app, ["run", str(ROOT / "jobs" / "quickstart.yaml"), "--dry-run",
+    res = CliRunner().invoke(app, ["run", str(ROOT / "jobs" / "tiny-cpu.yaml"), "--dry-run",
                                    "--run-dir", str(tmp_path / "run"),
                                    *sum((["--set", s] for s in sets), [])])
     assert res.exit_code == 0, res.output
@@ -438,13 +510,13 @@ def test_teacher_count_has_one_source_and_eval_every_is_gone(tmp_path):
         load_config(None, ["eval_every=5"])
 
 
-def _run_quickstart(run_dir, sets):
-    """`activesyn run jobs/quickstart.yaml` with overrides, in a subprocess; returns the finished run
+def _run_tiny(run_dir, sets):
+    """`activesyn run jobs/tiny-cpu.yaml` with overrides, in a subprocess; returns the finished run
     (4 synthetic samples: every caller asks for budget.samples=4)."""
     from activesyn_ray import runstore
 
     env = dict(os.environ, PYTHONPATH=str(ROOT))
-    res = subprocess.run([sys.executable, "-m", "activesyn_ray.cli", "run", "jobs/quickstart.yaml",
+    res = subprocess.run([sys.executable, "-m", "activesyn_ray.cli", "run", "jobs/tiny-cpu.yaml",
                           "--run-dir", str(run_dir), *sum((["--set", s] for s in sets), [])],
                          env=env, cwd=ROOT, capture_output=True, text=True, timeout=900)
     assert res.returncode == 0, (res.stdout + res.stderr)[-3000:]
@@ -468,7 +540,7 @@ def test_hf_dataset_run_end_to_end(tmp_path):
             "task.hf.stratum_field=difficulty", "task.seed_size=8", "task.test_size=4",
             "teacher.engine=hf", "teacher.model=tiny", "teacher.max_new_tokens=16",
             "budget.samples=4", "selection.k=4", "student.epochs=1", "output.plots=false"]
-    store = _run_quickstart(run_dir, sets)
+    store = _run_tiny(run_dir, sets)
     assert store.read(runstore.METRICS)[-1]["n_test"] == 4
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     res = subprocess.run([sys.executable, "-m", "activesyn_ray.cli", "export", str(run_dir)],
@@ -499,7 +571,7 @@ def test_seed_and_test_jsonl_files_run_end_to_end(tmp_path):
             "task.test_size=6", "teacher.engine=hf", "teacher.model=tiny",
             "teacher.max_new_tokens=16", "budget.samples=4", "selection.k=4", "student.epochs=1",
             "output.plots=false"]
-    store = _run_quickstart(run_dir, sets)
+    store = _run_tiny(run_dir, sets)
     assert {e["question"] for e in store.read(runstore.TEST)} == \
         {f"What is {i} + 1?" for i in range(100, 106)}
     last = store.read(runstore.METRICS)[-1]

@@ -1,4 +1,4 @@
-"""`ray job submit` as a first-class path: a real local head (loopback only), the quickstart submitted
+"""`ray job submit` as a first-class path: a real local head (loopback only), the tiny-student job submitted
 through the Jobs CLI with a relative output root, SUCCEEDED, the run directory checked, and only
 that head stopped."""
 
@@ -60,8 +60,8 @@ def ray_head():
         head.wait()
 
 
-def test_quickstart_through_ray_job_submit(ray_head, tmp_path):
-    """The quickstart submitted with `--working-dir .` and the default RELATIVE output.root: the job
+def test_tiny_job_through_ray_job_submit(ray_head, tmp_path):
+    """The tiny-student job submitted with `--working-dir .` and the default RELATIVE output.root: the job
     joins this head, succeeds, and its run directory lands in a persistent folder (ACTIVESYN_RUNS),
     never inside Ray's temporary copy of the working dir."""
     home_runs = tmp_path / "home-runs"
@@ -70,7 +70,7 @@ def test_quickstart_through_ray_job_submit(ray_head, tmp_path):
     cmd = [str(BIN / "ray"), "job", "submit", "--address", ray_head["dashboard"],
            "--working-dir", str(ROOT),
            "--runtime-env-json", json.dumps({"env_vars": {"ACTIVESYN_RUNS": str(home_runs)}}), "--",
-           "python", "-m", "activesyn_ray.jobs.run", "jobs/quickstart.yaml",
+           "python", "-m", "activesyn_ray.jobs.run", "jobs/tiny-cpu.yaml",
            *sum((["--set", s] for s in sets), [])]
     deadline = time.time() + 120
     while True:  # right after `ray start` the job agent may not be up yet: retry that one error
@@ -81,7 +81,7 @@ def test_quickstart_through_ray_job_submit(ray_head, tmp_path):
         time.sleep(3)
     assert proc.returncode == 0, log[-4000:]
     assert re.search(r"Job '\S+' succeeded", log), log[-4000:]
-    runs = list((home_runs / "runs").glob("quickstart-*"))
+    runs = list((home_runs / "runs").glob("tiny-cpu-*"))
     assert len(runs) == 1, log[-4000:]
     run_dir = runs[0]
     assert f"using {home_runs / 'runs'}" in log and "runtime_resources" not in str(run_dir)
