@@ -101,3 +101,19 @@ def test_shipped_local_jobs_pass_the_length_check(path):
     task = build_task(cfg.task, seed=0)
     seeds, val, test = make_splits(cfg, task)
     check_lengths(cfg, task, seeds, val + test)  # raises ConfigError on an unscorable answer
+
+
+def test_quickstart_gives_no_warning_about_itself():
+    """The first job a person runs must not warn about its own settings (the old one warned that
+    its 1-digit levels had ~120 distinct questions), and it fits a 2-core machine."""
+    from activesyn_ray.preflight import preflight
+
+    cfg = load_config(QUICK.parent / "quickstart.yaml")
+    task = build_task(cfg.task, seed=cfg.seed)
+    seeds, val, test = make_splits(cfg, task)
+    assert preflight(cfg, task, seeds, val + test) == []
+    res = cfg.resources
+    cpus = sum(g.num_workers * g.num_cpus for g in (res.trainer, res.scorers)) + \
+        cfg.teacher.replicas * res.teacher.num_cpus + res.coordinator_num_cpus
+    assert cpus <= res.local_num_cpus == 2
+    assert cfg.student.model == "smollm2-135m" and cfg.student.lora and cfg.teacher.engine == "procedural"
