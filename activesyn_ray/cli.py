@@ -107,13 +107,15 @@ def run(config: Path = typer.Argument(..., help="Run config YAML (see jobs/)."),
 
     runtime.VERBOSE = verbose
     try:
-        cfg = load_config(config, set_ or [])
-        local, uri, note = plan_run_dir(cfg, run_dir)
-        if note:
-            console.print(note)
-        store = new_run(cfg, local)
-        if uri:
-            attach(store.root, uri)
+        # reading the config imports the task's libraries: what they print at import goes to run.log
+        with runtime.library_output(hold=True):
+            cfg = load_config(config, set_ or [])
+            local, uri, note = plan_run_dir(cfg, run_dir)
+            if note:
+                console.print(note)
+            store = new_run(cfg, local)
+            if uri:
+                attach(store.root, uri)
     except (ConfigError, BadRow, FileNotFoundError, FileExistsError, ValueError, OSError) as err:
         _fail(str(err))
     state = store.load_state()

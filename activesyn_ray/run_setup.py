@@ -47,7 +47,7 @@ def new_run(cfg: RunConfig, run_dir: str | Path | None = None) -> RunStore:
         seeds, val, test = make_splits(cfg, task)
         warnings = preflight(cfg, task, seeds, val + test)
     store = RunStore(run_dir or default_run_dir(cfg)).create(dump_config(cfg))
-    keep_library_output(store.root)
+    keep_library_output(store.root)  # (what an outer hold gathers later reaches it with route_logs)
     runstore.write_jsonl(store.path(runstore.SEEDS), (e.to_dict() for e in seeds))
     runstore.write_jsonl(store.path(runstore.VAL), (e.to_dict() for e in val))
     runstore.write_jsonl(store.path(runstore.TEST), (e.to_dict() for e in test))

