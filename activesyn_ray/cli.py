@@ -27,7 +27,8 @@ from activesyn_ray.config import ConfigError, load_config
 from activesyn_ray.console import TerminalFile
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__.split("\n\n")[0])
-# The terminal's stderr, also while a run holds sys.stderr for library output (runtime.library_output)
+# The terminal's stderr, also while a run holds sys.stderr for library output
+# (runtime.library_output)
 console = Console(file=TerminalFile(), soft_wrap=True)
 VERBOSE_HELP = "Also show library output (Ray, transformers, DeepSpeed) on the console; it always " \
                "goes to RUN/run.log."

@@ -65,8 +65,8 @@ class TaskConfig(_Group):
     path: str | None = None
     """kind=jsonl: a .jsonl or .parquet file with `question` and `answer` (GSM8K style, `#### 42`);
     kind=game24/logiqa: optional local copy instead of the packaged data. The rows are shuffled
-    with `seed` and split into test and seed pool (a repeated question is kept once, and counted in a
-    warning); give seed_path + test_path instead to split yourself."""
+    with `seed` and split into test and seed pool (a repeated question is kept once, and counted
+    in a warning); give seed_path + test_path instead to split yourself."""
     seed_path: str | None = None
     """File kinds: the seed pool's own file (same format as `path`); needs test_path, excludes path."""
     test_path: str | None = None

@@ -53,7 +53,8 @@ OUR_LOGGERS = ("activesyn", "activesyn_ray")
 
 class _WarningsHere(logging.Handler):
     """`warning: ...` on the console for this program's warnings (a config that will make the
-    numbers wrong, rows dropped from a data file); they also reach run.log through the root logger."""
+    numbers wrong, rows dropped from a data file); they reach run.log too, through the root
+    logger."""
 
     def emit(self, record: logging.LogRecord) -> None:
         if _terminals:  # outside library_output() the record takes logging's usual way
@@ -108,7 +109,8 @@ def iteration_line(row: dict, total: int | None) -> str:
     """One metrics row as one console line, numbers rounded."""
     budget = f"{row['samples']}/{total}" if total else str(row["samples"])
     start = " (the starting student)" if row["iteration"] == 0 else ""
-    line = f"iteration {row['iteration']}{start}: samples {budget}, accuracy {_acc(row['accuracy'])}"
+    line = f"iteration {row['iteration']}{start}: samples {budget}, " \
+           f"accuracy {_acc(row['accuracy'])}"
     strata = row.get("accuracy_by_stratum") or {}
     if 1 < len(strata) <= 4:
         line += " (" + ", ".join(f"level {k}: {_acc(v)}" for k, v in strata.items()) + ")"
@@ -132,7 +134,8 @@ def summary_lines(run_dir: str | Path, *, wall_s: float, next_step: str | None) 
         rounds = last["iteration"]
         lines.insert(0, f"final accuracy: {_acc(last['accuracy'])} (from {_acc(first['accuracy'])} "
                         f"at the start; {last['n_test']} test questions) after {last['samples']} "
-                        f"synthetic samples, {rounds} round{'s' * (rounds != 1)}, {seconds(wall_s)}")
+                        f"synthetic samples, {rounds} round{'s' * (rounds != 1)}, "
+                        f"{seconds(wall_s)}")
         a, b = first.get("accuracy_by_stratum") or {}, last.get("accuracy_by_stratum") or {}
         if len(b) > 1:
             lines.insert(1, "  by level: " + ", ".join(f"{k}: {_acc(a.get(k))} -> {_acc(v)}"

@@ -426,9 +426,9 @@ class Coordinator:
         if self.student is None:
             t0 = time.perf_counter()
             lora = f" + LoRA r {s.lora.r}" if s.lora else ", all weights"
-            self._say(f"loading the student ({s.model}{lora}): {_n(res.trainer.num_workers, 'trainer rank')} "
-                      f"(DeepSpeed ZeRO-{s.zero_stage}), {_n(res.scorers.num_workers, 'scorer shard')} "
-                      f"({resolve_inference(s)})")
+            self._say(f"loading the student ({s.model}{lora}): "
+                      f"{_n(res.trainer.num_workers, 'trainer rank')} (DeepSpeed ZeRO-{s.zero_stage}), "
+                      f"{_n(res.scorers.num_workers, 'scorer shard')} ({resolve_inference(s)})")
             self.student = StudentPool(cfg=self.cfg, task=self.task)
             self._say(started_line("trainer", t0))
         if self.teacher is None:

@@ -174,7 +174,8 @@ def test_export_sft_layouts_are_what_trl_sfttrainer_trains_on(tmp_path):
     assert res["sft_rows"] == 1
     load = lambda p: datasets.load_dataset("json", data_files=str(p), split="train")  # noqa: E731
     pc, chat = load(res["prompt_completion"]), load(res["messages"])
-    assert pc.to_list() == [{"prompt": "Question: 3+4=?\nAnswer:", "completion": " 3+4 is 7\n#### 7"}]
+    assert pc.to_list() == [{"prompt": "Question: 3+4=?\nAnswer:",
+                             "completion": " 3+4 is 7\n#### 7"}]
     assert chat.to_list() == [{"messages": [{"content": "3+4=?", "role": "user"},
                                             {"content": "3+4 is 7\n#### 7", "role": "assistant"}]}]
 
