@@ -434,7 +434,8 @@ class Coordinator:
         if self.teacher is None:
             t0 = time.perf_counter()
             self._say(f"starting {_n(self.cfg.teacher.replicas, 'teacher replica')} "
-                      f"({self.cfg.teacher.engine}, {self.cfg.teacher.model})")
+                      f"({self.cfg.teacher.engine}, {self.cfg.teacher.model}) while the scorer "
+                      f"shards start their {resolve_inference(s)} engines")
             self.teacher = TeacherPool(cfg=self.cfg, task=self.task, ledger=self.ledger)
             self.student.scorers.gather("paths")  # the scorers' engines started with them
             self._say(started_line("teacher and scorers", t0))
