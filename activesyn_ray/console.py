@@ -57,8 +57,7 @@ class _WarningsHere(logging.Handler):
     logger."""
 
     def emit(self, record: logging.LogRecord) -> None:
-        if _terminals:  # outside library_output() the record takes logging's usual way
-            say(f"{record.levelname.lower()}: {record.getMessage()}")
+        say(f"{record.levelname.lower()}: {record.getMessage()}")
 
 
 class TerminalFile:
