@@ -56,7 +56,8 @@ def _run(cmd: list[str], log) -> None:
 
 
 def loop_overhead(*, model: str, budget: int, k: int, log) -> dict:
-    """A short real run of the quickstart loop; overhead = 1 - sum(phase seconds) / wall seconds."""
+    """A short real run of the tiny-student loop (benchmarks/loop.yaml); overhead = 1 - sum(phase
+    seconds) / wall seconds."""
     with tempfile.TemporaryDirectory(prefix="bench-loop-") as tmp:
         run_dir = Path(tmp) / "run"
         sets = [f"budget.samples={budget}", f"selection.k={k}", f"student.model={model}",

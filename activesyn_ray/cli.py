@@ -24,9 +24,12 @@ import typer
 from rich.console import Console
 
 from activesyn_ray.config import ConfigError, load_config
+from activesyn_ray.console import TerminalFile
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__.split("\n\n")[0])
-console = Console(stderr=True, soft_wrap=True)
+# The terminal's stderr, also while a run holds sys.stderr for library output
+# (runtime.library_output)
+console = Console(file=TerminalFile(), soft_wrap=True)
 VERBOSE_HELP = "Also show library output (Ray, transformers, DeepSpeed) on the console; it always " \
                "goes to RUN/run.log."
 RUN_HELP = "A run directory, or its storage URI (s3://..., file://...)."
@@ -76,22 +79,24 @@ def _fail_run(err: Exception, store_root: Path) -> None:
 def _drive(store_root: Path, verbose: bool) -> None:
     """Run/resume the loop with quiet console, then push the run directory to its storage URI."""
     from activesyn_ray.coordinator import run_loop
-    from activesyn_ray.runtime import route_logs
+    from activesyn_ray.runtime import library_output, route_logs
     from activesyn_ray.storage import remote_of, sync_up
 
-    console.print(f"library output: {route_logs(store_root, verbose=verbose)}")
-    try:
-        run_loop(store_root)
-    except Exception as err:
-        _fail_run(err, store_root)
-    if not (store_root / "trackers.json").exists():
-        # the loop did not track live (a coordinator without the tracking hook): write them now
-        from activesyn_ray.tracking import replay
+    console.print(f"library output (Ray, DeepSpeed, vLLM, transformers): "
+                  f"{route_logs(store_root, verbose=verbose)}")
+    with library_output():
+        try:
+            run_loop(store_root)
+        except Exception as err:
+            _fail_run(err, store_root)
+        if not (store_root / "trackers.json").exists():
+            # the loop did not track live (a coordinator without the tracking hook): write them now
+            from activesyn_ray.tracking import replay
 
-        replay(store_root)
-    if uri := remote_of(store_root):
-        sync_up(store_root)  # the end of the run (report, plots) -- errors are raised here
-        console.print(f"synced to {uri}")
+            replay(store_root)
+        if uri := remote_of(store_root):
+            sync_up(store_root)  # the end of the run (report, plots) -- errors are raised here
+            console.print(f"synced to {uri}")
 
 
 @app.command()
@@ -101,18 +106,22 @@ def run(config: Path = typer.Argument(..., help="Run config YAML (see jobs/)."),
         run_dir: Optional[str] = typer.Option(None, help="Exact run directory (or URI) to create."),
         verbose: bool = typer.Option(False, "--verbose", "-v", help=VERBOSE_HELP)):
     """Start a run from CONFIG."""
+    from activesyn_ray import runtime
     from activesyn_ray.run_setup import new_run
     from activesyn_ray.storage import attach, plan_run_dir
     from activesyn_ray.tasks.files import BadRow
 
+    runtime.VERBOSE = verbose
     try:
-        cfg = load_config(config, set_ or [])
-        local, uri, note = plan_run_dir(cfg, run_dir)
-        if note:
-            console.print(note)
-        store = new_run(cfg, local)
-        if uri:
-            attach(store.root, uri)
+        # reading the config imports the task's libraries: what they print at import goes to run.log
+        with runtime.library_output(hold=True):
+            cfg = load_config(config, set_ or [])
+            local, uri, note = plan_run_dir(cfg, run_dir)
+            if note:
+                console.print(note)
+            store = new_run(cfg, local)
+            if uri:
+                attach(store.root, uri)
     except (ConfigError, BadRow, FileNotFoundError, FileExistsError, ValueError, OSError) as err:
         _fail(str(err))
     state = store.load_state()
@@ -158,7 +167,8 @@ def export(run: str = typer.Argument(..., help=RUN_HELP),
            merge: bool = typer.Option(False, "--merge", help="Also write RUN/checkpoints/final merged "
                                       "into the base model as a full HF model folder (OUT/model).")):
     """The synthetic set as a `datasets` dataset (OUT/dataset) and Parquet (OUT/synthetic.parquet)
-    with flat provenance columns; --merge: the final student as one model folder."""
+    with flat provenance columns, and in the prompt/completion and chat layouts SFT tools read
+    (OUT/sft/*.jsonl); --merge: the final student as one model folder."""
     from activesyn_ray.export import export_dataset, merge_model
 
     run_dir = _run_dir(run)
@@ -167,6 +177,8 @@ def export(run: str = typer.Argument(..., help=RUN_HELP),
         res = export_dataset(run_dir, out)
         console.print(f"{res['rows']} samples -> {res['dataset']} (datasets.load_from_disk) and "
                       f"{res['parquet']}")
+        console.print(f"{res['sft_rows']} trained-on samples for SFT tools (TRL SFTTrainer): "
+                      f"{res['prompt_completion']} (prompt/completion), {res['messages']} (chat)")
         if merge:
             console.print(f"merged model -> {merge_model(run_dir, out)} (from_pretrained)")
     except (FileNotFoundError, ValueError) as err:
@@ -193,10 +205,11 @@ def experiment(grid: Path = typer.Argument(..., help="Experiment YAML with a `gr
                report_dir: Optional[Path] = typer.Option(None, help="Where the report goes."),
                verbose: bool = typer.Option(False, "--verbose", "-v", help=VERBOSE_HELP)):
     """Run a grid of tasks x strategies x seeds (skipping finished runs), then write the report."""
+    from activesyn_ray import runtime
     from activesyn_ray.experiment import run_experiment
-
     from activesyn_ray.placement import PlacementError
 
+    runtime.VERBOSE = verbose
     try:
         run_experiment(grid, set_ or [], report_dir=report_dir, verbose=verbose)
     except (ConfigError, PlacementError) as err:  # PlacementError: a run does not fit the cluster

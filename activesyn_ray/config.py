@@ -65,7 +65,8 @@ class TaskConfig(_Group):
     path: str | None = None
     """kind=jsonl: a .jsonl or .parquet file with `question` and `answer` (GSM8K style, `#### 42`);
     kind=game24/logiqa: optional local copy instead of the packaged data. The rows are shuffled
-    with `seed` and split into test and seed pool; give seed_path + test_path instead to split yourself."""
+    with `seed` and split into test and seed pool (a repeated question is kept once, and counted
+    in a warning); give seed_path + test_path instead to split yourself."""
     seed_path: str | None = None
     """File kinds: the seed pool's own file (same format as `path`); needs test_path, excludes path."""
     test_path: str | None = None
@@ -393,6 +394,9 @@ class OutputConfig(_Group):
     (each needs its package installed; W&B/MLflow read their usual env: WANDB_*, MLFLOW_*)."""
     tracker_project: str | None = None
     """W&B project / MLflow experiment name (None: `activesyn`)."""
+    next_step: str | None = None
+    """A line the console prints when the run ends, under where the report and plot are (e.g. the
+    command that compares strategies on this task)."""
 
 
 # ----------------------------------------------------------------------------------------- the run

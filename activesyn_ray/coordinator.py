@@ -34,6 +34,7 @@ from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from activesyn_ray import runstore
 from activesyn_ray.budget import LEDGER_JOURNAL, Ledger
+from activesyn_ray.console import iteration_line, started_line
 from activesyn_ray.config import load_config, snapshot_fingerprint
 from activesyn_ray.decontaminate import Decontaminator
 from activesyn_ray.run_setup import load_splits
@@ -67,6 +68,15 @@ class Phase(str, Enum):
 _OLD_PHASES = {"scored-synthetic": Phase.SCORED}  # run directories written by earlier versions
 
 
+# What the loop does after saving each phase (the console's bar shows it).
+_NEXT_STEP = {Phase.SELECTING.value: "scoring the seed pool", Phase.SELECTED.value: "generating",
+              Phase.GENERATED.value: "training", Phase.SCORED.value: "training"}
+
+
+def _n(count: int, what: str) -> str:
+    return f"{count} {what}{'s' * (count != 1)}"
+
+
 def fault_point(name: str, iteration: int) -> None:
     """Test hook (tests/test_reliability_loop.py): with ACTIVESYN_FAULT_AT=name:iteration the
     coordinator announces the point and waits there, so the test SIGKILLs the driver exactly at it."""
@@ -97,30 +107,33 @@ class Coordinator:
         self.teacher = None
         self._phase_s: dict[str, float] = {}
         self._iter_t0: float | None = None  # start of an iteration this process ran from its start
+        # what the driver's console shows (progress()): lines, the step under way, the last accuracy
+        self._lines: list[str] = []
+        self._doing = ""
+        self._accuracy: float | None = None
+        self._started = False
 
     # ------------------------------------------------------------------------------ the loop
     def run(self, stop_after: int | None = None) -> dict:
         """Run (or resume) to the end. stop_after: return once iteration `stop_after` is evaluated,
         leaving the run directory exactly as a kill at that point would (for resume tests)."""
-        from ray.experimental.tqdm_ray import tqdm
-
         state = self._recover()
         if state.get("done"):
             return self.summary()
         self._start_pools()
         if state["n_metrics"]:  # resumed: scorers start from the base; restore the last student
-            last = self.store.read(runstore.METRICS)[-1]["iteration"]
-            self.student.restore_adapter(self.store.checkpoints / f"round-{last}")
-        pbar = tqdm(total=self.cfg.budget.samples or None, desc=f"{self.cfg.name}: synthetic samples")
-        pbar.update(self.ledger.samples)
+            last = self.store.read(runstore.METRICS)[-1]
+            self._say(f"resuming after iteration {last['iteration']} ({last['samples']} samples)")
+            self._accuracy = last["accuracy"]
+            self.student.restore_adapter(self.store.checkpoints / f"round-{last['iteration']}")
+        self._started = True
         if state["n_metrics"] == 0:
             state = self._evaluate_start(state)
         if not self.strategy.iterative:
-            state = self._run_static(state, pbar)
-        elif self._run_iterative(state, pbar, stop_after=stop_after) is None:
-            pbar.close()
+            state = self._run_static(state)
+        elif self._run_iterative(state, stop_after=stop_after) is None:
             return self.summary()
-        pbar.close()
+        self._doing = "writing the report"
         close_trackers(self.store.root)
         self.student.save_adapter(str(self.store.checkpoints / "final"))
         runstore.atomic_write_json(self.store.path(MEMORY), self.memory_report())
@@ -132,7 +145,7 @@ class Coordinator:
             write_report([self.store.root], self.store.root / "report")
         return self.summary()
 
-    def _run_iterative(self, state: dict, pbar, stop_after: int | None = None) -> dict | None:
+    def _run_iterative(self, state: dict, stop_after: int | None = None) -> dict | None:
         """The loop; returns the final state, or None when it stopped at `stop_after`."""
         while True:
             it, phase = state["iteration"], state["phase"]
@@ -151,7 +164,7 @@ class Coordinator:
                 if not state["selected"]:  # the budget cannot pay for one more request
                     return self._save(state, iteration=it - 1, phase=Phase.EVALUATED)
             if state["phase"] == Phase.SELECTED:
-                state = self.generate(state, it, pbar)
+                state = self.generate(state, it)
             if state["phase"] == Phase.GENERATED:
                 pending = self._score_synthetic_submit(it)
                 if pending is not None:  # the scorers score the new samples while the ranks train
@@ -163,13 +176,13 @@ class Coordinator:
                 state = self.evaluate(state, it, train, self._synthetic())
             self._plot()
 
-    def _run_static(self, state: dict, pbar) -> dict:
+    def _run_static(self, state: dict) -> dict:
         """One-shot generation from uniform seeds, then one training per budget prefix k, 2k, ..."""
         if state["phase"] in (Phase.PREPARED, Phase.EVALUATED, Phase.SELECTING):
             state = self._save(state, iteration=1, phase=Phase.SELECTING)
             state = self.select(state, 1, SeedScores())
         if state["phase"] == Phase.SELECTED:
-            state = self.generate(state, 1, pbar)
+            state = self.generate(state, 1)
             state = self._save(state, evaluated_prefixes=[])
         records = self._synthetic()
         k = self.cfg.selection.k
@@ -260,7 +273,7 @@ class Coordinator:
         seed_scores = [None if primary is None else float(primary[i]) for i in picked]
         return self._save(state, phase=Phase.SELECTED, selected=picked, seed_scores=seed_scores)
 
-    def generate(self, state: dict, iteration: int, pbar) -> dict:
+    def generate(self, state: dict, iteration: int) -> dict:
         """Step 3: one teacher sample per selected seed, in chunks; each chunk is decontaminated,
         on disk and charged before the next is issued."""
         seeds = self._selected_seeds(state)
@@ -281,7 +294,6 @@ class Coordinator:
             self.store.append(runstore.SYNTHETIC, rows)
             fault_point("generate", iteration)  # samples on disk, not yet counted in state.json
             state = self._save(state, n_synthetic=state["n_synthetic"] + len(rows))
-            pbar.update(len(rows))
             if len(records) < len(part):  # the budget stopped the dispatcher
                 break
         self._phase_s["generate"] = time.perf_counter() - t0
@@ -338,6 +350,7 @@ class Coordinator:
         adapter reaches the scorers."""
         data = [Example.from_dict(r["example"]) for r in records
                 if r["parsed"] and not r.get("contaminated")]
+        self._doing = f"training on {len(data)} samples"
         t0 = time.perf_counter()
         if data:
             metrics = self.student.train(data, round=iteration, settle_first=settle_first)
@@ -352,6 +365,7 @@ class Coordinator:
                  static_prefix: bool = False, **changes) -> dict:
         """Step 5: greedy accuracy on the test (and validation) split -> one curve point.
         `changes` are saved to state.json in the same write as the new metrics count."""
+        self._doing = "evaluating"
         t0 = time.perf_counter()
         pool_rows = []
         if not static_prefix and self._fusable() and self._continues(iteration):
@@ -404,25 +418,40 @@ class Coordinator:
             self.store.append(runstore.SCORES, pool_rows)
         self.store.append(runstore.METRICS, [row])
         track(self.cfg, self.store.root, row)  # TensorBoard / W&B / MLflow (output.trackers)
-        print(f"[activesyn] iteration {iteration}: samples={row['samples']} "
-              f"tokens={row['teacher_tokens']} train_size={row['train_size']} "
-              f"contaminated={row['contaminated']} accuracy={row['accuracy']:.3f}", flush=True)
+        self._accuracy = row["accuracy"]
+        self._say(iteration_line(row, self.cfg.budget.samples))
         return self._save(state, **{"phase": Phase.EVALUATED, "n_metrics": state["n_metrics"] + 1,
                                     "n_scores": state["n_scores"] + len(pool_rows), **changes})
 
     def _evaluate_start(self, state: dict) -> dict:
         """Iteration 0: the starting student (no synthetic data) at budget 0."""
+        val = f" + {len(self.val)} validation" if self.val else ""
+        self._say(f"evaluating the starting student on {len(self.test)} test{val} questions")
         return self.evaluate(dict(state, phase=Phase.PREPARED), 0, {}, [])
 
     # ------------------------------------------------------------------------------ helpers
     def _start_pools(self) -> None:
         from activesyn_ray.student.pool import StudentPool
+        from activesyn_ray.student.scoring import resolve_inference
         from activesyn_ray.teacher.pool import TeacherPool
 
+        s, res = self.cfg.student, self.cfg.resources
         if self.student is None:
+            t0 = time.perf_counter()
+            lora = f" + LoRA r {s.lora.r}" if s.lora else ", all weights"
+            self._say(f"loading the student ({s.model}{lora}): "
+                      f"{_n(res.trainer.num_workers, 'trainer rank')} (DeepSpeed ZeRO-{s.zero_stage}), "
+                      f"{_n(res.scorers.num_workers, 'scorer shard')} ({resolve_inference(s)})")
             self.student = StudentPool(cfg=self.cfg, task=self.task)
+            self._say(started_line("trainer", t0))
         if self.teacher is None:
+            t0 = time.perf_counter()
+            self._say(f"starting {_n(self.cfg.teacher.replicas, 'teacher replica')} "
+                      f"({self.cfg.teacher.engine}, {self.cfg.teacher.model}) while the scorer "
+                      f"shards start their {resolve_inference(s)} engines")
             self.teacher = TeacherPool(cfg=self.cfg, task=self.task, ledger=self.ledger)
+            self.student.scorers.gather("paths")  # the scorers' engines started with them
+            self._say(started_line("teacher and scorers", t0))
 
     def _student_needs(self) -> set[str]:
         """The strategy's needs the scorer shards compute (reward_model `verifier` is resolved by
@@ -489,6 +518,7 @@ class Coordinator:
     def _save(self, state: dict, **changes) -> dict:
         state.update(changes)
         state["phase"] = Phase(state["phase"]).value
+        self._doing = _NEXT_STEP.get(state["phase"], self._doing)
         state["ledger"] = self.ledger.to_dict()
         fault_point(f"save-{state['phase']}", state["iteration"])  # its logs written, state not
         self.store.save_state(state)
@@ -521,6 +551,18 @@ class Coordinator:
                 out[key] = max(out.get(key, 0), r["peak_rss_bytes"])
         return out
 
+    # ------------------------------------------------------------------------------ console
+    def _say(self, text: str) -> None:
+        """A line for the driver's console (handed over by progress()) and for run.log."""
+        log.info(text)
+        self._lines.append(text)
+
+    def progress(self, since: int = 0) -> dict:
+        """For the driver's console (console.RunConsole), polled while run() goes on: the lines
+        after the first `since`, synthetic samples so far, the last accuracy, the step under way."""
+        return {"lines": self._lines[since:], "samples": self.ledger.samples,
+                "accuracy": self._accuracy, "doing": self._doing, "started": self._started}
+
     def summary(self) -> dict:
         metrics = self.store.read(runstore.METRICS)
         return {"run_dir": str(self.store.root), "iterations": len(metrics),
@@ -534,38 +576,47 @@ class Coordinator:
 
 
 def run_loop(run_dir: str | Path | RunStore) -> dict:
-    """Drive one run to the end (or resume it): starts/joins Ray, runs the Coordinator actor, prints
-    the run directory and final metrics."""
+    """Drive one run to the end (or resume it): starts/joins Ray, runs the Coordinator actor while
+    the console follows it, prints the summary (run directory, final metrics, what next)."""
+    from activesyn_ray.console import RunConsole, say, seconds, summary_lines
     from activesyn_ray.fit import check_cluster
-    from activesyn_ray.runtime import init_ray
+    from activesyn_ray.runtime import init_ray, library_output
 
+    t_start = time.perf_counter()
     store = run_dir if isinstance(run_dir, RunStore) else RunStore(run_dir)
     cfg = load_config(store.path(runstore.CONFIG))
-    init_ray(cfg.resources)
-    # all pools against the cluster's totals at once: FitError in one line, before any actor
-    logging.getLogger("activesyn").info(check_cluster(cfg))
-    # Pinned to the driver's node: the run directory is a local path there (no shared storage needed;
-    # adapters come back from the trainer as bytes).
-    here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
-    actor = ray.remote(Coordinator).options(num_cpus=cfg.resources.coordinator_num_cpus,
-                                            scheduling_strategy=here, max_concurrency=2
-                                            ).remote(run_dir=str(store.root.resolve()))
-    try:
-        summary = ray.get(actor.run.remote())
-    finally:
+    with library_output():
+        if not ray.is_initialized():
+            address = cfg.resources.ray_address or os.environ.get("RAY_ADDRESS")
+            say(f"joining the Ray cluster at {address}" if address else
+                f"starting Ray (local, {cfg.resources.local_num_cpus or os.cpu_count()} CPUs)")
+            init_ray(cfg.resources)
+            say(f"Ray ready ({seconds(time.perf_counter() - t_start)})")
+        # all pools against the cluster's totals at once: FitError in one line, before any actor
+        say(check_cluster(cfg))
+        # Pinned to the driver's node: the run directory is a local path there (no shared storage
+        # needed; adapters come back from the trainer as bytes).
+        here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
+        # threads: run, the console's progress polls, shutdown
+        actor = ray.remote(Coordinator).options(num_cpus=cfg.resources.coordinator_num_cpus,
+                                                scheduling_strategy=here, max_concurrency=3
+                                                ).remote(run_dir=str(store.root.resolve()))
         try:
-            ray.get(actor.shutdown.remote(), timeout=60)
-        except Exception:
-            pass
-        ray.kill(actor, no_restart=True)
-    memory = store.path(MEMORY)
-    if memory.exists():  # this process (the driver) joins the actors' peak RSS
-        from activesyn_ray.devices import peak_rss_bytes
+            summary = RunConsole(total=cfg.budget.samples).follow(actor, actor.run.remote())
+        finally:
+            try:
+                ray.get(actor.shutdown.remote(), timeout=60)
+            except Exception:
+                pass
+            ray.kill(actor, no_restart=True)
+        memory = store.path(MEMORY)
+        if memory.exists():  # this process (the driver) joins the actors' peak RSS
+            from activesyn_ray.devices import peak_rss_bytes
 
-        report = json.loads(memory.read_text())
-        runstore.atomic_write_json(memory, {**report, "driver": peak_rss_bytes()})
-        store.sync()
-    print(f"[activesyn] run directory: {summary['run_dir']}", flush=True)
-    print(f"[activesyn] final accuracy: {summary['final_accuracy']}  ledger: {summary['ledger']}",
-          flush=True)
+            report = json.loads(memory.read_text())
+            runstore.atomic_write_json(memory, {**report, "driver": peak_rss_bytes()})
+            store.sync()
+    for line in summary_lines(store.root, wall_s=time.perf_counter() - t_start,
+                              next_step=cfg.output.next_step):
+        say(line)
     return summary

@@ -5,6 +5,12 @@
 
     OUT/dataset/            `datasets` dataset (save_to_disk): datasets.load_from_disk(OUT/"dataset")
     OUT/synthetic.parquet   the same rows as one Parquet file
+    OUT/sft/prompt_completion.jsonl   {"prompt", "completion"}: the student's own training text
+    OUT/sft/messages.jsonl            {"messages": [user, assistant]}: the chat layout
+                            both only the samples the student trained on (parsed, not contaminated),
+                            answers in the task's format (reasoning, then `#### answer`); TRL's
+                            SFTTrainer, and most finetuning tools, take either file as it is:
+                            datasets.load_dataset("json", data_files=OUT/"sft/messages.jsonl")
     OUT/model/              with --merge: base model + RUN/checkpoints/final merged (PEFT
                             merge_and_unload), loadable with AutoModelForCausalLM.from_pretrained
 
@@ -20,7 +26,7 @@ from pathlib import Path
 import pyarrow as pa
 
 from activesyn_ray import runstore
-from activesyn_ray.tasks.base import Example, stratum
+from activesyn_ray.tasks.base import Example, Task, stratum
 
 # Column -> Arrow type. Explicit, so an all-null column (e.g. no sample_score) keeps its type and a
 # dataset exported from a small run has the same schema as one from a large run.
@@ -82,8 +88,45 @@ def synthetic_rows(run_dir: str | Path) -> list[dict]:
     return rows
 
 
+def sft_records(run_dir: str | Path) -> list[dict]:
+    """The samples the student trained on (parsed, not contaminated) as {"prompt", "completion"}:
+    the same prompt and target text the trainer uses (Task.prompt / Task.target), so the answer
+    format (`#### answer`) is kept."""
+    store = runstore.RunStore(run_dir)
+    out = []
+    for rec in store.read(runstore.SYNTHETIC):
+        if not rec.get("parsed") or rec.get("contaminated") or not rec.get("example"):
+            continue
+        ex = Example.from_dict(rec["example"])
+        out.append({"prompt": Task.prompt(ex.question), "completion": Task.target(ex),
+                    "question": ex.question})
+    return out
+
+
+def write_sft(run_dir: str | Path, out: str | Path) -> dict:
+    """OUT/sft/prompt_completion.jsonl and OUT/sft/messages.jsonl (TRL's standard prompt-completion
+    and conversational layouts); returns their paths and `sft_rows`, the samples in each."""
+    folder = Path(out) / "sft"
+    folder.mkdir(parents=True, exist_ok=True)
+    recs = sft_records(run_dir)
+    layouts = {
+        "prompt_completion": [{"prompt": r["prompt"], "completion": r["completion"]} for r in recs],
+        # a chat template frames the turns itself: the user turn is the bare question, and the
+        # assistant turn the target without the space that follows "Answer:" in the plain layout
+        "messages": [{"messages": [{"role": "user", "content": r["question"]},
+                                   {"role": "assistant", "content": r["completion"].lstrip()}]}
+                     for r in recs],
+    }
+    paths: dict = {"sft_rows": len(recs)}
+    for name, rows in layouts.items():
+        paths[name] = folder / f"{name}.jsonl"
+        runstore.write_jsonl(paths[name], rows)
+    return paths
+
+
 def export_dataset(run_dir: str | Path, out: str | Path) -> dict[str, Path]:
-    """Write OUT/dataset (save_to_disk) and OUT/synthetic.parquet; returns their paths."""
+    """Write OUT/dataset (save_to_disk), OUT/synthetic.parquet and the two SFT layouts (OUT/sft/);
+    returns their paths."""
     import datasets
 
     out = Path(out)
@@ -101,7 +144,8 @@ def export_dataset(run_dir: str | Path, out: str | Path) -> dict[str, Path]:
 
     pq.write_table(table, str(parquet) + ".tmp")
     os.replace(str(parquet) + ".tmp", parquet)
-    return {"dataset": dest, "parquet": parquet, "rows": len(ds)}
+    sft = write_sft(run_dir, out)
+    return {"dataset": dest, "parquet": parquet, "rows": len(ds), **sft}
 
 
 def merge_model(run_dir: str | Path, out: str | Path, checkpoint: str = "final") -> Path:

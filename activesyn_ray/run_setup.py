@@ -38,10 +38,16 @@ def make_splits(cfg: RunConfig, task) -> tuple[list[Example], list[Example], lis
 def new_run(cfg: RunConfig, run_dir: str | Path | None = None) -> RunStore:
     """Validate the task data and the settings that would make numbers wrong (preflight), then
     write the run directory atomically file by file."""
-    task = build_task(cfg.task, seed=cfg.seed)
-    seeds, val, test = make_splits(cfg, task)
-    warnings = preflight(cfg, task, seeds, val + test)
+    from activesyn_ray.runtime import keep_library_output, library_output
+
+    # A model's first use builds or converts it here (loading bars, DeepSpeed's import warning):
+    # held, then written to the new run.log; this program's warnings still reach the console.
+    with library_output(hold=True):
+        task = build_task(cfg.task, seed=cfg.seed)
+        seeds, val, test = make_splits(cfg, task)
+        warnings = preflight(cfg, task, seeds, val + test)
     store = RunStore(run_dir or default_run_dir(cfg)).create(dump_config(cfg))
+    keep_library_output(store.root)  # (what an outer hold gathers later reaches it with route_logs)
     runstore.write_jsonl(store.path(runstore.SEEDS), (e.to_dict() for e in seeds))
     runstore.write_jsonl(store.path(runstore.VAL), (e.to_dict() for e in val))
     runstore.write_jsonl(store.path(runstore.TEST), (e.to_dict() for e in test))

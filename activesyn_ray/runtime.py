@@ -7,15 +7,21 @@ runtime_env: Ray records a runtime_env in its GCS, dashboard and job records. A 
 from its own environment: a local Ray inherits the driver's, a cluster node the one `ray start`
 ran in.
 
-Console: `route_logs(run_dir)` keeps the terminal to the progress bar and the `[activesyn]` lines
-(one per iteration, the run directory, the final result); everything else -- Ray's own notices,
-transformers' loading bars, DeepSpeed's warnings, any worker print -- is appended to RUN/run.log.
-`--verbose` leaves Ray's default printing alone (all of it on the console, as before).
+Console: `route_logs(run_dir)` keeps the terminal to what console.py draws (start-up phases, the
+progress bar, one line per iteration, the summary) and `[activesyn]` lines of the actors;
+everything else -- Ray's own notices, transformers' loading and writing bars, DeepSpeed's warnings,
+any worker print -- is appended to RUN/run.log. Inside `library_output()` the driver's own
+sys.stdout/sys.stderr are that log too (a library prints before its logger can be routed, e.g.
+DeepSpeed's accelerator warning at import), and the console writes to `console.console_stream()`,
+the stream the terminal had. Output from before the run directory exists (building a model on first
+use) is held and written to run.log once it does. `--verbose` leaves Ray's default printing alone
+(all of it on the console, as before).
 """
 
 from __future__ import annotations
 
 import contextlib
+import io
 import logging
 import os
 import threading
@@ -23,10 +29,12 @@ from pathlib import Path
 
 import ray
 
+from activesyn_ray import console
+
 CONSOLE_MARK = "[activesyn]"  # worker lines carrying it stay on the console
 # Loggers of the libraries whose chatter belongs in run.log (driver side).
-CHATTY_LOGGERS = ("ray", "transformers", "deepspeed", "datasets", "huggingface_hub", "peft", "vllm",
-                  "torch", "urllib3", "filelock", "py.warnings")
+CHATTY_LOGGERS = ("ray", "transformers", "deepspeed", "DeepSpeed", "datasets", "huggingface_hub",
+                  "peft", "vllm", "torch", "accelerate", "urllib3", "filelock", "py.warnings")
 
 # Set for every worker: tokenizers' fork warning is noise inside actors.
 FIXED_ENV = {"TOKENIZERS_PARALLELISM": "false"}
@@ -74,10 +82,71 @@ class _RunLog:
 _run_log: _RunLog | None = None
 
 
+class _LibraryStream(io.TextIOBase):
+    """sys.stdout/sys.stderr of the driver inside library_output(): the current run.log, or held in
+    memory until a run directory exists. One object for the whole process, so a handler that
+    bound it (DeepSpeed's, at import) keeps writing to whichever run.log is current."""
+
+    def __init__(self):
+        self.pending: list[str] = []
+        self.hold = False  # a run directory is being made: its output is not the last run's
+
+    def writable(self) -> bool:
+        return True
+
+    def isatty(self) -> bool:  # progress bars then draw one final line, not a redraw per step
+        return False
+
+    def write(self, text: str) -> int:
+        if not self.hold and _run_log is not None and not _run_log.file.closed:
+            with _run_log.lock:
+                _run_log.file.write(text)
+        else:
+            self.pending.append(text)
+        return len(text)
+
+    def fileno(self) -> int:
+        if _run_log is None or _run_log.file.closed:
+            raise io.UnsupportedOperation("no run.log yet")
+        return _run_log.file.fileno()
+
+
+_LIBRARY = _LibraryStream()
+VERBOSE = False  # --verbose: library output stays on the console (set by the CLI and route_logs)
+
+
+@contextlib.contextmanager
+def library_output(*, hold: bool = False):
+    """Inside: whatever the driver's libraries print goes to run.log (see _LibraryStream); the
+    console writes to console.console_stream(). hold: keep it in memory for the run directory
+    being made (keep_library_output). A no-op under --verbose. Left before an exception goes on,
+    so a traceback reaches the terminal."""
+    if VERBOSE:
+        yield
+        return
+    was, _LIBRARY.hold = _LIBRARY.hold, hold
+    try:
+        with console.holding_terminal(), contextlib.redirect_stdout(_LIBRARY), \
+                contextlib.redirect_stderr(_LIBRARY):
+            yield
+    finally:
+        _LIBRARY.hold = was
+
+
+def keep_library_output(run_dir: str | Path) -> None:
+    """Write what was held before the run directory existed into RUN/run.log."""
+    if _LIBRARY.pending:
+        with open(Path(run_dir) / "run.log", "a") as f:
+            f.write("".join(_LIBRARY.pending))
+        _LIBRARY.pending.clear()
+
+
 def route_logs(run_dir: str | Path, *, verbose: bool = False) -> Path:
     """Send library chatter of this process and, once Ray is up, of every worker to RUN/run.log;
     call before init_ray. Returns the log's path. verbose=True: log to run.log AND keep the console."""
-    global _run_log
+    global _run_log, VERBOSE
+    VERBOSE = verbose
+    keep_library_output(run_dir)
     path = Path(run_dir) / "run.log"
     old, _run_log = _run_log, _RunLog(path)
     root = logging.getLogger()
@@ -103,8 +172,9 @@ def route_logs(run_dir: str | Path, *, verbose: bool = False) -> Path:
 
 def _route_worker_output() -> None:
     """Replace Ray's driver-side printer of worker stdout/stderr (ray.init(log_to_driver=True))
-    with one that keeps progress bars and `[activesyn]` lines on the console and writes all other
-    lines to run.log. Ray has no public hook for this; if its internals move, Ray's printer stays."""
+    with one that keeps `[activesyn]` lines on the console (above the progress bar) and writes all
+    other lines to run.log. Ray has no public hook for this; if its internals move, Ray's printer
+    stays (and writes into run.log inside library_output())."""
     try:
         from ray._private import worker as ray_worker
         from ray._private.ray_logging import global_worker_stdstream_dispatcher as dispatcher
@@ -112,17 +182,13 @@ def _route_worker_output() -> None:
     except ImportError:
         return
     def handle(data: dict) -> None:
-        mine = []
-        for line in data.get("lines", []):
-            if RAY_TQDM_MAGIC in line:
-                ray_worker.process_tqdm(line)  # the driver draws the progress bar
-            elif CONSOLE_MARK in line:
-                mine.append(line[line.index(CONSOLE_MARK):])
-        if mine:
-            ray_worker.hide_tqdm()
-            print("\n".join(mine), flush=True)
-            ray_worker.restore_tqdm()
-        others = [ln for ln in data.get("lines", []) if RAY_TQDM_MAGIC not in ln]
+        # A tqdm_ray bar of some library inside an actor: neither for the console (the driver
+        # draws the one bar, console.py) nor readable in a log.
+        lines = [ln for ln in data.get("lines", []) if RAY_TQDM_MAGIC not in ln]
+        mine = [ln[ln.index(CONSOLE_MARK):] for ln in lines if CONSOLE_MARK in ln]
+        for line in mine:
+            console.say(line)
+        others = lines
         if data.get("pid") == "autoscaler":  # its periodic status dump: keep the events, as Ray does
             others = list(ray_worker.filter_autoscaler_events(others))
         if others and _run_log is not None:  # the current run's log (experiments switch runs)

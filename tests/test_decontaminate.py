@@ -10,7 +10,7 @@ from activesyn_ray.run_setup import make_splits
 from activesyn_ray.tasks import Example, build_task, stratum
 from pathlib import Path
 
-QUICK = Path(__file__).resolve().parents[1] / "jobs" / "quickstart.yaml"
+QUICK = Path(__file__).resolve().parents[1] / "jobs" / "tiny-cpu.yaml"
 
 
 def test_normalisation_ignores_case_space_and_number_format():
@@ -88,7 +88,8 @@ def test_truncating_max_seq_len_and_small_question_spaces_warn_with_numbers():
     assert check_question_space(big, build_task(big.task, seed=0)) == []
 
 
-LOCAL_JOBS = [QUICK.parent / n for n in ("quickstart.yaml", "loop-timing-cpu.yaml", "pretrained-cpu.yaml")]
+LOCAL_JOBS = [QUICK.parent / n for n in ("quickstart.yaml", "tiny-cpu.yaml", "loop-timing-cpu.yaml",
+                                        "pretrained-cpu.yaml")]
 BENCH_LOOP = Path(__file__).resolve().parents[1] / "activesyn_ray" / "benchmarks" / "loop.yaml"
 
 
@@ -100,3 +101,20 @@ def test_shipped_local_jobs_pass_the_length_check(path):
     task = build_task(cfg.task, seed=0)
     seeds, val, test = make_splits(cfg, task)
     check_lengths(cfg, task, seeds, val + test)  # raises ConfigError on an unscorable answer
+
+
+def test_quickstart_gives_no_warning_about_itself():
+    """The first job a person runs must not warn about its own settings (the old one warned that
+    its 1-digit levels had ~120 distinct questions), and it fits a 2-core machine."""
+    from activesyn_ray.preflight import preflight
+
+    cfg = load_config(QUICK.parent / "quickstart.yaml")
+    task = build_task(cfg.task, seed=cfg.seed)
+    seeds, val, test = make_splits(cfg, task)
+    assert preflight(cfg, task, seeds, val + test) == []
+    res = cfg.resources
+    cpus = sum(g.num_workers * g.num_cpus for g in (res.trainer, res.scorers)) + \
+        cfg.teacher.replicas * res.teacher.num_cpus + res.coordinator_num_cpus
+    assert cpus <= res.local_num_cpus == 2
+    assert cfg.student.model == "smollm2-135m" and cfg.student.lora
+    assert cfg.teacher.engine == "procedural"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 import time
@@ -151,6 +152,50 @@ def test_export_round_trips_through_load_from_disk(tmp_path):
     assert second["parsed"] is False and second["question"] is None and second["stratum"] == "hard"
 
 
+def test_export_sft_layouts_are_what_trl_sfttrainer_trains_on(tmp_path):
+    """OUT/sft/prompt_completion.jsonl and messages.jsonl, read with datasets' json loader and
+    handed as they are to TRL's SFTTrainer: the prompt/completion layout gives the very token ids
+    and loss mask the student's own trainer builds; the chat layout keeps the `#### answer`
+    format in the assistant turn. Only trained-on samples (parsed, not contaminated) are there."""
+    import datasets
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from trl import SFTConfig, SFTTrainer
+
+    from activesyn_ray import runstore
+    from activesyn_ray.export import export_dataset
+    from activesyn_ray.models import resolve_model
+    from activesyn_ray.student.data import encode
+
+    run = _fake_run(tmp_path)
+    runstore.RunStore(run).append(runstore.SYNTHETIC, [  # a held-out question: never trained on
+        {"request_id": "gen-2-s1", "seed_id": "s1", "iteration": 2, "parsed": True,
+         "contaminated": "exact", "example": {"id": "g", "question": "9+9=?", "answer": "18"}}])
+    res = export_dataset(run, tmp_path / "out")
+    assert res["sft_rows"] == 1
+    load = lambda p: datasets.load_dataset("json", data_files=str(p), split="train")  # noqa: E731
+    pc, chat = load(res["prompt_completion"]), load(res["messages"])
+    assert pc.to_list() == [{"prompt": "Question: 3+4=?\nAnswer:",
+                             "completion": " 3+4 is 7\n#### 7"}]
+    assert chat.to_list() == [{"messages": [{"content": "3+4=?", "role": "user"},
+                                            {"content": "3+4 is 7\n#### 7", "role": "assistant"}]}]
+
+    tok = AutoTokenizer.from_pretrained(resolve_model("tiny"))
+    # a base model has no chat template; a user gives one, as here (SmolLM2 and hub chat models ship theirs)
+    tok.chat_template = ("{% for m in messages %}<{{ m['role'] }}>{{ m['content'] }}\n{% endfor %}"
+                         "{% if add_generation_prompt %}<assistant>{% endif %}")
+    model = AutoModelForCausalLM.from_pretrained(resolve_model("tiny"))
+
+    def prepared(ds):
+        args = SFTConfig(output_dir=str(tmp_path / "trl"), report_to=[], max_steps=1, use_cpu=True)
+        return SFTTrainer(model=model, args=args, train_dataset=ds, processing_class=tok).train_dataset[0]
+
+    row = prepared(pc)
+    ids, labels = encode(tok, {"question": "3+4=?", "target": " 3+4 is 7\n#### 7"}, max_len=1024)
+    assert row["input_ids"] == ids and row["labels"] == labels  # what the student trains on
+    row = prepared(chat)
+    assert tok.decode(row["input_ids"]) == "<user>3+4=?\n<assistant>3+4 is 7\n#### 7\n"
+
+
 def test_merged_model_answers_like_base_plus_adapter(tmp_path):
     import torch
     from peft import LoraConfig, PeftModel, get_peft_model
@@ -186,32 +231,40 @@ def test_merged_model_answers_like_base_plus_adapter(tmp_path):
 
 # ----------------------------------------------------------------------------------------- console
 CHATTER = ("Loading weights", "Writing model shards", "real_accelerator", "Token authentication",
-           "Started a local Ray", "repeated", "WARNING", "autoscaler")
+           "Started a local Ray", "repeated", "WARNING", "autoscaler", "(pid=", "Traceback")
+# Every line the console may print for a run (console.py, cli.py); anything else is a leak.
+OUR_LINES = re.compile(r"^(run directory: |library output |starting Ray |Ray ready |loading the "
+                       r"student |trainer ready |starting \d+ teacher |teacher and scorers ready |"
+                       r"evaluating the starting student |iteration \d+( \(the starting student\))?: "
+                       r"samples |final accuracy: |  by level: |report: |plot: |next: )")
+SMALL = ["budget.samples=8", "selection.k=4", "task.seed_size=8", "task.test_size=4",
+         "student.epochs=1"]
+
+
+def _tiny_cli(run_dir: Path, sets: list[str]) -> list[str]:
+    return [sys.executable, "-m", "activesyn_ray.cli", "run", "jobs/tiny-cpu.yaml", "--run-dir",
+            str(run_dir), *sum((["--set", s] for s in sets), [])]
 
 
 @pytest.mark.slow
-def test_console_is_one_bar_and_one_line_per_iteration(tmp_path):
-    """A two-round quickstart: the console holds the run directory, the progress bar, one line
-    per iteration and the result; library output is in RUN/run.log."""
-    run_dir = tmp_path / "run"
-    sets = ["budget.samples=8", "selection.k=4", "task.seed_size=8", "task.test_size=4",
-            "student.epochs=1", "output.plots=false"]
-    env = dict(os.environ, PYTHONPATH=str(ROOT), PYTHONUNBUFFERED="1")
-    res = subprocess.run([sys.executable, "-m", "activesyn_ray.cli", "run", "jobs/quickstart.yaml",
-                          "--run-dir", str(run_dir), *sum((["--set", s] for s in sets), [])],
-                         env=env, cwd=ROOT, capture_output=True, text=True, timeout=900)
-    out = res.stdout + res.stderr
-    assert res.returncode == 0, out[-3000:]
-    # the progress bar redraws in place on a terminal; into a pipe each redraw is a line of its own
-    lines = [ln.split("\r")[-1] for ln in out.split("\n") if ln.strip()]
-    text = [ln for ln in lines if "synthetic samples:" not in ln]
+def test_console_through_a_pipe_is_our_lines_only(tmp_path):
+    """A two-round run through a pipe: every line is one of the console's own (start-up phases,
+    one per iteration, the summary) and no library output; that goes to RUN/run.log. No bar: it
+    is drawn only on a terminal."""
     from activesyn_ray import runstore
 
-    metrics = runstore.RunStore(run_dir).read(runstore.METRICS)  # (a baseline row, then one per round)
-    assert len(lines) > len(text), out  # the bar is there
-    assert len([ln for ln in text if "[activesyn] iteration" in ln]) == len(metrics), out
+    run_dir = tmp_path / "run"
+    env = dict(os.environ, PYTHONPATH=str(ROOT), PYTHONUNBUFFERED="1")
+    res = subprocess.run(_tiny_cli(run_dir, SMALL + ["output.plots=false"]), env=env, cwd=ROOT,
+                         capture_output=True, text=True, timeout=900)
+    out = res.stdout + res.stderr
+    assert res.returncode == 0, out[-3000:]
+    lines = [ln for ln in out.split("\n") if ln.strip()]
+    assert [ln for ln in lines if not OUR_LINES.match(ln)] == [], out
     assert not [ln for ln in lines if any(c in ln for c in CHATTER)], out
-    assert len(text) == 4 + len(metrics), out  # run dir, run.log, iterations, run dir, result
+    metrics = runstore.RunStore(run_dir).read(runstore.METRICS)  # (a baseline row, then one per round)
+    assert len([ln for ln in lines if ln.startswith("iteration ")]) == len(metrics) == 3, out
+    assert "\r" not in out and not re.search(r"synthetic samples \d+/\d+ \|", out), out
     log = (run_dir / "run.log").read_text()
     assert "Started a local Ray" in log and "TrainerWorker" in log
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
@@ -220,6 +273,71 @@ def test_console_is_one_bar_and_one_line_per_iteration(tmp_path):
     # the run's accuracy curve, against samples spent
     assert [(e.step, round(e.value, 6)) for e in acc] == \
         [(m["samples"], round(m["accuracy"], 6)) for m in metrics]
+
+
+def _run_in_a_terminal(cmd: list[str], env: dict, timeout: float) -> tuple[int, str]:
+    """`cmd` with stdin/stdout/stderr on a pseudo-terminal (120 x 40), as in a person's terminal;
+    returns the exit code and everything it wrote to the terminal."""
+    import fcntl
+    import pty
+    import select
+    import struct
+    import termios
+
+    master, slave = pty.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 120, 0, 0))
+    proc = subprocess.Popen(cmd, stdin=slave, stdout=slave, stderr=slave, env=env, cwd=ROOT,
+                            start_new_session=True)
+    os.close(slave)
+    out, deadline = b"", time.time() + timeout
+    try:
+        while time.time() < deadline:
+            if select.select([master], [], [], 1.0)[0]:
+                try:
+                    chunk = os.read(master, 65536)
+                except OSError:  # EIO: the terminal's last writer is gone
+                    break
+                if not chunk:
+                    break
+                out += chunk
+            elif proc.poll() is not None:
+                break
+    finally:
+        os.close(master)
+        if proc.poll() is None:
+            proc.kill()
+    return proc.wait(timeout=60), out.decode("utf-8", "replace")
+
+
+@pytest.mark.slow
+def test_console_in_a_terminal_says_what_it_does_and_nothing_else(tmp_path):
+    """What a person sees in a terminal, on a machine where the student model is not built yet
+    (a fresh ACTIVESYN_CACHE: the driver builds it, which printed loading/writing bars and
+    DeepSpeed's accelerator warning): start-up prints its phases, the bar is drawn (no `(pid=`
+    prefix), one line per iteration, the summary; no library warning or bar."""
+    from activesyn_ray import runstore
+
+    run_dir = tmp_path / "run"
+    env = dict(os.environ, PYTHONPATH=str(ROOT), TERM="xterm",
+               ACTIVESYN_CACHE=str(tmp_path / "fresh-cache"))
+    code, out = _run_in_a_terminal(_tiny_cli(run_dir, SMALL), env, timeout=900)
+    assert code == 0, out[-3000:]
+    for phase in ("starting Ray (local, 3 CPUs)", "Ray ready", "loading the student (tiny:h=128,l=2",
+                  "1 trainer rank (DeepSpeed ZeRO-2), 2 scorer shards (hf)", "trainer ready",
+                  "starting 1 teacher replica (procedural", "teacher and scorers ready",
+                  "evaluating the starting student on 4 test questions"):
+        assert phase in out, (phase, out[-3000:])
+    assert "synthetic samples 4/8 |" in out  # the bar, redrawn in place
+    assert not [c for c in CHATTER if c in out], out
+    # a terminal ends lines with \r\n; what stays on the screen of a line is what follows its last \r
+    screen = [ln.split("\r")[-1] for ln in out.replace("\r\n", "\n").split("\n")]
+    screen = [ln for ln in screen if ln.strip()]
+    assert [ln for ln in screen if not OUR_LINES.match(ln)] == [], out
+    metrics = runstore.RunStore(run_dir).read(runstore.METRICS)
+    assert len([ln for ln in screen if ln.startswith("iteration ")]) == len(metrics) == 3
+    assert f"report: {run_dir}/report/report.md" in out
+    log = (run_dir / "run.log").read_text()
+    assert "Writing model shards" in log  # the model was built in the driver, and its bar went here
 
 
 # ----------------------------------------------------------------------------------------- storage
@@ -233,10 +351,10 @@ def test_run_dir_synced_to_a_file_uri_and_read_back(tmp_path, monkeypatch):
 
     monkeypatch.setenv("ACTIVESYN_CACHE", str(tmp_path / "cache"))
     remote = tmp_path / "bucket"
-    cfg = load_config(ROOT / "jobs" / "quickstart.yaml",
+    cfg = load_config(ROOT / "jobs" / "tiny-cpu.yaml",
                       [f"output.root=file://{remote}", "task.seed_size=8", "task.test_size=4"])
     local, uri, note = storage.plan_run_dir(cfg)
-    assert uri.startswith(f"file://{remote}/quickstart-") and note is None
+    assert uri.startswith(f"file://{remote}/tiny-cpu-") and note is None
     assert str(local).startswith(str(tmp_path / "cache" / "runs"))
     store = new_run(cfg, local)
     storage.attach(store.root, uri)
@@ -363,7 +481,7 @@ def test_hf_task_dry_run_writes_the_splits(tmp_path):
     sets = ["task.kind=hf", f"task.hf.dataset={folder}", "task.hf.test_split=null",
             "task.hf.question_field=problem", "task.hf.answer_field=solution",
             "task.seed_size=8", "task.test_size=4", "teacher.engine=hf"]
-    res = CliRunner().invoke(app, ["run", str(ROOT / "jobs" / "quickstart.yaml"), "--dry-run",
+    res = CliRunner().invoke(app, ["run", str(ROOT / "jobs" / "tiny-cpu.yaml"), "--dry-run",
                                    "--run-dir", str(tmp_path / "run"),
                                    *sum((["--set", s] for s in sets), [])])
     assert res.exit_code == 0, res.output
@@ -395,13 +513,13 @@ def test_teacher_count_has_one_source_and_eval_every_is_gone(tmp_path):
         load_config(None, ["eval_every=5"])
 
 
-def _run_quickstart(run_dir, sets):
-    """`activesyn run jobs/quickstart.yaml` with overrides, in a subprocess; returns the finished run
+def _run_tiny(run_dir, sets):
+    """`activesyn run jobs/tiny-cpu.yaml` with overrides, in a subprocess; returns the finished run
     (4 synthetic samples: every caller asks for budget.samples=4)."""
     from activesyn_ray import runstore
 
     env = dict(os.environ, PYTHONPATH=str(ROOT))
-    res = subprocess.run([sys.executable, "-m", "activesyn_ray.cli", "run", "jobs/quickstart.yaml",
+    res = subprocess.run([sys.executable, "-m", "activesyn_ray.cli", "run", "jobs/tiny-cpu.yaml",
                           "--run-dir", str(run_dir), *sum((["--set", s] for s in sets), [])],
                          env=env, cwd=ROOT, capture_output=True, text=True, timeout=900)
     assert res.returncode == 0, (res.stdout + res.stderr)[-3000:]
@@ -425,7 +543,7 @@ def test_hf_dataset_run_end_to_end(tmp_path):
             "task.hf.stratum_field=difficulty", "task.seed_size=8", "task.test_size=4",
             "teacher.engine=hf", "teacher.model=tiny", "teacher.max_new_tokens=16",
             "budget.samples=4", "selection.k=4", "student.epochs=1", "output.plots=false"]
-    store = _run_quickstart(run_dir, sets)
+    store = _run_tiny(run_dir, sets)
     assert store.read(runstore.METRICS)[-1]["n_test"] == 4
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     res = subprocess.run([sys.executable, "-m", "activesyn_ray.cli", "export", str(run_dir)],
@@ -456,7 +574,7 @@ def test_seed_and_test_jsonl_files_run_end_to_end(tmp_path):
             "task.test_size=6", "teacher.engine=hf", "teacher.model=tiny",
             "teacher.max_new_tokens=16", "budget.samples=4", "selection.k=4", "student.epochs=1",
             "output.plots=false"]
-    store = _run_quickstart(run_dir, sets)
+    store = _run_tiny(run_dir, sets)
     assert {e["question"] for e in store.read(runstore.TEST)} == \
         {f"What is {i} + 1?" for i in range(100, 106)}
     last = store.read(runstore.METRICS)[-1]

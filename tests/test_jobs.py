@@ -103,7 +103,7 @@ def test_cpu_jobs_fit_their_own_local_ray():
 
 
 def test_too_small_is_one_line_of_demand_against_capacity():
-    cfg = load_config(ROOT / "jobs/quickstart.yaml", ["resources.scorers.num_cpus=0.5"])
+    cfg = load_config(ROOT / "jobs/tiny-cpu.yaml", ["resources.scorers.num_cpus=0.5"])
     head = {"CPU": 2.0, "memory": 8e9, "node:127.0.0.1": 1.0}
     with pytest.raises(fit.FitError) as err:
         fit.check(cfg, [head])
@@ -112,7 +112,7 @@ def test_too_small_is_one_line_of_demand_against_capacity():
         "lower resources.trainer/scorers/teacher.num_cpus (or teacher.replicas), or start the head "
         "with --num-cpus 3")
     # GPUs and several nodes: each short resource, and adding nodes instead of --num-cpus
-    cfg = load_config(ROOT / "jobs/quickstart.yaml", ["resources.trainer.num_gpus=1",
+    cfg = load_config(ROOT / "jobs/tiny-cpu.yaml", ["resources.trainer.num_gpus=1",
                                                       "resources.trainer.num_cpus=3"])
     with pytest.raises(fit.FitError) as err:
         fit.check(cfg, [head, {"CPU": 1.0}])
@@ -126,7 +126,7 @@ def test_too_small_is_one_line_of_demand_against_capacity():
 
 def test_too_small_local_ray_names_local_num_cpus():
     """The run's own Ray is sized by the config, not by `ray start`: the line says which field."""
-    cfg = load_config(ROOT / "jobs/quickstart.yaml", ["resources.local_num_cpus=1"])
+    cfg = load_config(ROOT / "jobs/tiny-cpu.yaml", ["resources.local_num_cpus=1"])
     with pytest.raises(fit.FitError, match=r"^asks for 2 CPUs: trainer 1 \+ scorers 2 x 0.375 \+ teacher "
                                            r"0.25; the cluster has 1 CPU; lower .*, or set "
                                            r"resources.local_num_cpus: 2$"):
@@ -137,7 +137,7 @@ def test_too_small_local_ray_names_local_num_cpus():
 def test_activesyn_run_on_a_too_small_local_ray_prints_one_line(tmp_path):
     """`activesyn run` (its own local Ray): the same check, one `error:` line, exit 2, no actor."""
     t0 = time.monotonic()
-    res = subprocess.run([sys.executable, "-m", "activesyn_ray.cli", "run", "jobs/quickstart.yaml",
+    res = subprocess.run([sys.executable, "-m", "activesyn_ray.cli", "run", "jobs/tiny-cpu.yaml",
                           "--run-dir", str(tmp_path / "run"), "--set", "resources.local_num_cpus=1"],
                          cwd=ROOT, env=_head_env(), capture_output=True, text=True, timeout=600)
     print(f"activesyn run on 1 CPU: rc {res.returncode} after {time.monotonic() - t0:.0f}s")
@@ -240,7 +240,7 @@ def test_readme_commands_verbatim(head):
           f"rc {proc.returncode}")
     assert proc.returncode == 0, log[-4000:]
     assert re.search(r"Job '\S+' succeeded", log), log[-4000:]
-    assert "the run reserves 2 CPUs (trainer 1 + scorers 2 x 0.375 + teacher 0.25); the cluster " \
+    assert "the run reserves 2 CPUs (trainer 1 + scorers 1 x 0.75 + teacher 0.25); the cluster " \
            "(1 node) has" in log, log[-4000:]
     runs = list((head.runs / "runs").glob("quickstart-*"))
     assert len(runs) == 1, log[-4000:]
@@ -265,7 +265,7 @@ def test_too_small_cluster_fails_in_one_line_within_seconds(head):
         pytest.skip(f"Ray detects {cpus:g} CPUs here; the message below needs a trainer of >= 1 CPU")
     before = set((head.runs / "runs").glob("*"))
     trainer = cpus - 1  # trainer (N-1) + scorers 2 x 0.5 + teacher 0.25 = N + 0.25
-    line = (f"ray job submit --working-dir . -- python -m activesyn_ray.jobs.run jobs/quickstart.yaml "
+    line = (f"ray job submit --working-dir . -- python -m activesyn_ray.jobs.run jobs/tiny-cpu.yaml "
             f"--set resources.scorers.num_cpus=0.5 --set resources.trainer.num_cpus={trainer:g}")
     t0 = time.monotonic()
     proc = head.sh(line, timeout=600)

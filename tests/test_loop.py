@@ -13,8 +13,8 @@ from activesyn_ray.config import load_config
 from activesyn_ray.selection import STRATEGIES
 
 ROOT = Path(__file__).resolve().parents[1]
-QUICK = ROOT / "jobs" / "quickstart.yaml"
-# Small pools, one epoch, and the main path's LoRA student (the quickstart trains a tiny model fully).
+QUICK = ROOT / "jobs" / "tiny-cpu.yaml"
+# Small pools, one epoch, and the main path's LoRA student (jobs/tiny-cpu.yaml trains a tiny model fully).
 SMALL = ["task.seed_size=24", "task.test_size=12", "selection.k=6", "student.epochs=1",
          "student.model=tiny", "student.lora={r: 8, alpha: 16}",
          "resources.scorers.num_workers=2", "resources.local_num_cpus=3",
@@ -36,8 +36,8 @@ def _finish(proc: subprocess.Popen, timeout: float = 600) -> str:
     return out
 
 
-def test_quickstart_never_trains_on_a_held_out_question(tmp_path):
-    """The quickstart's level 0 (1-digit a+b) has ~120 distinct questions, 30 of them in the test
+def test_tiny_job_never_trains_on_a_held_out_question(tmp_path):
+    """The tiny job's level 0 (1-digit a+b) has ~120 distinct questions, 30 of them in the test
     split: without decontamination about a quarter of its samples were test questions."""
     from activesyn_ray.decontaminate import normalize
 

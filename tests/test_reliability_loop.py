@@ -32,7 +32,7 @@ import pytest
 from activesyn_ray import runstore
 
 ROOT = Path(__file__).resolve().parents[1]
-QUICK = ROOT / "jobs" / "quickstart.yaml"
+QUICK = ROOT / "jobs" / "tiny-cpu.yaml"
 SETS = ["task.seed_size=24", "task.test_size=12", "selection.k=4", "budget.samples=8",
         "student.epochs=1", "student.model=tiny", "student.lora={r: 8, alpha: 16}",
         "student.inference=hf", "resources.trainer.num_workers=2",

@@ -101,7 +101,7 @@ def test_a_run_stopped_by_a_fault_prints_one_line_and_keeps_the_traceback(tmp_pa
     from activesyn_ray.actors import ActorGroupError
     from activesyn_ray.cli import app
 
-    cfg = Path(__file__).resolve().parents[1] / "jobs" / "quickstart.yaml"
+    cfg = Path(__file__).resolve().parents[1] / "jobs" / "tiny-cpu.yaml"
 
     def stops(run_dir):
         raise ActorGroupError("trainer: rank 1 died during 'train' again after 2 restart(s); "

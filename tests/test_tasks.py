@@ -145,3 +145,35 @@ def test_expression_signature_and_value(expr, value, sig_part):
     assert X.evaluate(operands, ops) == value
     assert X.signature(operands, ops)[2][-1] == sig_part
     assert X.parse("(1 + 2) * 3") is None and X.parse("1.5 + 2") is None and X.parse("1 +") is None
+
+
+def test_file_with_duplicate_questions_splits_into_the_sizes_asked_for(tmp_path, caplog):
+    """597 distinct questions in 600 rows (3 repeated, one with other case/spacing): before the fix
+    a duplicate could fall on both sides and seed_size=300, test_size=100 was refused."""
+    rows = [{"question": f"What is {i} + 7?", "answer": f"#### {i + 7}"} for i in range(597)]
+    rows += [dict(rows[5]), dict(rows[40]), {"question": "WHAT is  99 + 7?", "answer": "#### 106"}]
+    path = tmp_path / "dups.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    for seed in range(5):  # several shuffles: a duplicate lands in the test slice in some of them
+        with caplog.at_level("WARNING"):
+            seeds, test = build_task(TaskConfig(kind="jsonl", path=str(path), seed_size=300,
+                                                test_size=100), seed=seed).splits()
+        assert (len(seeds), len(test)) == (300, 100)
+        norm = [e.question.lower().replace("  ", " ") for e in seeds + test]
+        assert len(set(norm)) == 400  # no question twice, none on both sides
+    assert "dups.jsonl: dropped 3 row(s) repeating an earlier question" in caplog.text
+
+
+def test_two_files_say_what_they_dropped(tmp_path, caplog):
+    def write(name, qs):
+        (tmp_path / name).write_text("".join(json.dumps({"question": f"What is {q}?",
+                                                         "answer": "#### 1"}) + "\n" for q in qs))
+    write("seed.jsonl", list(range(20)) + [3, 4])          # 2 repeats
+    write("test.jsonl", list(range(100, 110)) + [1, 2, 3])  # 3 also among the seeds
+    cfg = TaskConfig(kind="jsonl", seed_path=str(tmp_path / "seed.jsonl"),
+                     test_path=str(tmp_path / "test.jsonl"), seed_size=20, test_size=10)
+    with caplog.at_level("WARNING"):
+        seeds, test = build_task(cfg, seed=0).splits()
+    assert len(seeds) == 20 and {e.question for e in test} == {f"What is {q}?" for q in range(100, 110)}
+    assert "seed.jsonl: dropped 2 row(s) repeating" in caplog.text
+    assert "test.jsonl: dropped 3 test question(s) also in the seed pool" in caplog.text

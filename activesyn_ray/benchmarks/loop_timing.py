@@ -6,7 +6,7 @@
             the new samples scored on the scorers while the trainer trains)
 
     python -m activesyn_ray.benchmarks.loop_timing --out loop-timing.json   # jobs/loop-timing-cpu.yaml
-    python -m activesyn_ray.benchmarks.loop_timing --job jobs/quickstart.yaml --set budget.samples=48
+    python -m activesyn_ray.benchmarks.loop_timing --job jobs/tiny-cpu.yaml --set budget.samples=48
 
 Each variant is a real `activesyn run` (its own process and Ray), one after the other, on the same
 job and seed. Besides the times it checks that both chose the same seeds and reached the same

@@ -4,7 +4,9 @@ A malformed row is always reported as `file:line: what is wrong` (not valid UTF-
 longer than `task.max_row_chars`, a field missing, empty or of the wrong type, a torn last line);
 `task.on_bad_row` decides whether the run stops (fail, default) or the row is skipped with a
 warning (skip). Never silent. Data comes from one `task.path` (shuffled, then split into seeds and
-test) or from two files, `task.seed_path` and `task.test_path`, used as given.
+test) or from two files, `task.seed_path` and `task.test_path`, used as given. A question repeated
+in a file is kept once (its first row), and with two files a test question also among the seeds is
+dropped from the test split; both are counted in a warning.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from fractions import Fraction
 from pathlib import Path
 
 from activesyn_ray.assets import package_file
+from activesyn_ray.decontaminate import normalize
 from activesyn_ray.tasks.base import ANSWER_MARK, Example, Task, extract_answer, split_disjoint
 
 log = logging.getLogger(__name__)
@@ -121,19 +124,49 @@ class _FileTask(Task):
         return good
 
     def splits(self) -> tuple[list[Example], list[Example]]:
+        """Duplicates dropped first (a file's repeated question would otherwise land on both
+        sides of the split, or twice in the pool), then shuffled and split; what was dropped is
+        said once, with its count."""
         self.skipped = []
         n_test = self.cfg.test_size
         if self.cfg.seed_path:  # two files: the split is yours; only the order is shuffled
-            pool = self.load(self.cfg.seed_path, id_prefix="seed-")
-            test = self.load(self.cfg.test_path, id_prefix="test-")
+            pool, dup_pool = distinct(self.load(self.cfg.seed_path, id_prefix="seed-"))
+            test, dup_test = distinct(self.load(self.cfg.test_path, id_prefix="test-"))
             random.Random(self.seed).shuffle(pool)
             random.Random(self.seed + 1).shuffle(test)
-            return split_disjoint(pool, test, self.cfg.seed_size, n_test,
+            used = {normalize(e.question) for e in pool[:self.cfg.seed_size]}
+            clean = [e for e in test if normalize(e.question) not in used]
+            _say_dropped(self.cfg.seed_path, dup_pool)
+            _say_dropped(self.cfg.test_path, dup_test)
+            if len(clean) < len(test):
+                log.warning("%s: dropped %d test question(s) also in the seed pool (%s)",
+                            self.cfg.test_path, len(test) - len(clean), self.cfg.seed_path)
+            return split_disjoint(pool, clean, self.cfg.seed_size, n_test,
                                   f"task files {self.cfg.seed_path} + {self.cfg.test_path}")
-        rows = self.load()
+        rows, dup = distinct(self.load())
+        _say_dropped(self.source, dup)
         random.Random(self.seed).shuffle(rows)
         return split_disjoint(rows[n_test:], rows[:n_test], self.cfg.seed_size, n_test,
-                              f"task file {self.source}")
+                              f"task file {self.source}" + (f" ({dup} duplicate questions dropped)"
+                                                            if dup else ""))
+
+
+def distinct(examples: list[Example]) -> tuple[list[Example], int]:
+    """The first row of each question (compared after the decontamination normalisation: case,
+    white space, number format), in file order; and how many rows were dropped."""
+    seen, out = set(), []
+    for ex in examples:
+        key = normalize(ex.question)
+        if key not in seen:
+            seen.add(key)
+            out.append(ex)
+    return out, len(examples) - len(out)
+
+
+def _say_dropped(path, n: int) -> None:
+    if n:
+        log.warning("%s: dropped %d row(s) repeating an earlier question (the first is kept)",
+                    path, n)
 
 
 def _json_rows(self, path: str):
