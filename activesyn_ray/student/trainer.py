@@ -29,7 +29,10 @@ import torch
 from activesyn_ray.actors import set_threads
 from activesyn_ray.devices import peak_rss_bytes, resolve_dtype
 from activesyn_ray.models import resolve_model
+from activesyn_ray.student import trainer_state
 from activesyn_ray.student.data import collate, encode, per_example_nll
+
+FRESH = "fresh"  # what a rank holds right after _build_engine: the seeded adapter, no step taken
 
 
 def peft_lora_config(lora):
@@ -77,6 +80,7 @@ class TrainerWorker:
         self.model_path = resolve_model(self.scfg.model)
         self.tokenizer = AutoTokenizer.from_pretrained(self.model_path)
         self.engine = None
+        self.holds: str | None = None  # the token of the training state this rank's engine is in
 
     def peak_rss(self) -> dict:
         return {"peak_rss_bytes": peak_rss_bytes()}
@@ -133,6 +137,21 @@ class TrainerWorker:
             "wall_clock_breakdown": False,
         }
         self.engine, *_ = deepspeed.initialize(model=model, optimizer=optimizer, config=ds_config)
+        self.holds = FRESH
+
+    def _continue_from(self, start: dict | None) -> None:
+        """Continue mode: be in the state `start` names ({"token", "state": [ObjectRef]}; None: a
+        fresh adapter). A rank already in it continues in memory; any other (restarted, resumed,
+        or one that trained since) rebuilds its engine and loads the state."""
+        want = FRESH if start is None else start["token"]
+        if self.engine is not None and self.holds == want:
+            return
+        self._build_engine()
+        if start is not None:
+            import ray
+
+            trainer_state.restore(self.engine, *ray.get(start["state"][0]))
+            self.holds = want
 
     @contextlib.contextmanager
     def _full_params(self):
@@ -158,12 +177,20 @@ class TrainerWorker:
         return float(t[0] / t[1]) if t[1] > 0 else float("nan")
 
     # ------------------------------------------------------------------ training
-    def train(self, examples: list[dict], round: int) -> dict:
+    def train(self, examples: list[dict], round: int, *, start: dict | None = None,
+              token: str | None = None) -> dict:
         """`cfg.student.epochs` passes over `examples` ({"question", "target"} dicts). `seconds`
-        includes (re)building the engine; `loop_seconds` is the training loop alone."""
+        includes (re)building the engine; `loop_seconds` is the training loop alone.
+        restart_each_round: a fresh adapter and optimizer every call. Otherwise the call continues
+        from `start` (see _continue_from) and `token` names the state it ends in."""
         t0 = time.perf_counter()
-        if self.engine is None or self.scfg.restart_each_round:
+        if self.scfg.restart_each_round:
             self._build_engine()
+        else:
+            self._continue_from(start)
+            # dropout draws depend on (seed, round) only, not on what this process ran before
+            torch.manual_seed(int(np.random.SeedSequence([self.cfg.seed, round]).generate_state(1)[0]))
+        self.holds = None  # mid-training: no state anyone could name (until the loop ends)
         t_loop = time.perf_counter()
         engine, micro, accum = self.engine, self.scfg.micro_batch_size, self.scfg.grad_accum
         feats = self._features(examples)
@@ -191,6 +218,7 @@ class TrainerWorker:
                     samples += len(idx)
                 steps += 1
             epoch_losses.append(self._mean_across_ranks(total, count))
+        self.holds = token
         return {"loss_first_epoch": epoch_losses[0] if epoch_losses else float("nan"),
                 "loss_last_epoch": epoch_losses[-1] if epoch_losses else float("nan"),
                 "steps": steps, "samples": samples * self.world_size,
@@ -216,6 +244,12 @@ class TrainerWorker:
         return self._mean_across_ranks(total, len(feats))
 
     # ------------------------------------------------------------------ the adapter
+    def trainer_state(self) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+        """Weights, AdamW moments and counters (student/trainer_state.py); a collective: every rank."""
+        if self.engine is None:
+            self._build_engine()
+        return trainer_state.capture(self.engine)
+
     def adapter_state(self) -> dict[str, torch.Tensor]:
         """The trained weights on CPU: the PEFT adapter (LoRA) or, with lora: null, every weight."""
         if self.engine is None:
