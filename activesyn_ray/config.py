@@ -140,6 +140,11 @@ class StudentConfig(_Group):
     """Training examples per step per trainer rank (DeepSpeed train_micro_batch_size_per_gpu)."""
     grad_accum: int = Field(1, gt=0)
     """Micro-batches accumulated per optimizer step."""
+    packing: bool = True
+    """Train on each micro batch packed into one row (no padding; attention kept within each
+    example; the output head applied only where a label is) instead of right-padded rows with
+    logits everywhere: the same losses to float rounding, fewer FLOPs (`activesyn bench --parts
+    trainer`). Checked once per model; a model that would mix packed examples trains padded."""
     zero_stage: Literal[0, 1, 2, 3] = 2
     """DeepSpeed ZeRO stage: 0 plain data parallel, 1 shards optimizer state, 2 + gradients,
     3 + parameters (for students that do not fit one device)."""

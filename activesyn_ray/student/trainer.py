@@ -30,7 +30,7 @@ from activesyn_ray.actors import set_threads
 from activesyn_ray.devices import peak_rss_bytes, resolve_dtype
 from activesyn_ray.models import resolve_model
 from activesyn_ray.student import trainer_state
-from activesyn_ray.student.data import collate, encode, per_example_nll
+from activesyn_ray.student.data import IGNORE, collate, encode, pack, packed_nll, per_example_nll
 
 FRESH = "fresh"  # what a rank holds right after _build_engine: the seeded adapter, no step taken
 
@@ -81,6 +81,7 @@ class TrainerWorker:
         self.tokenizer = AutoTokenizer.from_pretrained(self.model_path)
         self.engine = None
         self.holds: str | None = None  # the token of the training state this rank's engine is in
+        self._packs: bool | None = None  # this model keeps packed examples apart (checked once)
 
     def peak_rss(self) -> dict:
         return {"peak_rss_bytes": peak_rss_bytes()}
@@ -194,9 +195,13 @@ class TrainerWorker:
         t_loop = time.perf_counter()
         engine, micro, accum = self.engine, self.scfg.micro_batch_size, self.scfg.grad_accum
         feats = self._features(examples)
-        pad_id = self.tokenizer.pad_token_id
+        packing = self.scfg.packing and self._packing_works()
         engine.train()
         epoch_losses, steps, samples = [], 0, 0
+        # what the bench turns into FLOP/s: real tokens, computed positions (real + padding),
+        # labelled positions; seconds in forward (+ loss), backward and optimizer step
+        work = {"tokens": 0, "positions": 0, "label_tokens": 0}
+        clock = {"forward_s": 0.0, "backward_s": 0.0, "step_s": 0.0}
         for epoch in range(self.scfg.epochs):
             batches = epoch_slices(len(feats), rank=self.rank, world_size=self.world_size,
                                    micro=micro, seed=self.cfg.seed, round=round, epoch=epoch)
@@ -204,15 +209,24 @@ class TrainerWorker:
             for g in range(0, len(batches), accum):
                 group = batches[g:g + accum]
                 for j, idx in enumerate(group):
-                    batch = {k: v.to(engine.device) for k, v in
-                             collate([feats[i] for i in idx], pad_id).items()}
-                    labels = batch.pop("labels")
+                    rows = [feats[i] for i in idx]
+                    work["tokens"] += sum(len(ids) for ids, _ in rows)
+                    work["label_tokens"] += sum(sum(t != IGNORE for t in lab[1:]) for _, lab in rows)
                     # The last micro batch of an epoch may close a short accumulation group: mark
                     # the boundary ourselves and average over the group's real size.
                     engine.set_gradient_accumulation_boundary(j == len(group) - 1)
-                    loss = per_example_nll(engine(**batch).logits, labels).mean()
+                    t = time.perf_counter()
+                    loss, positions = self._example_losses(rows, packing)
+                    loss = loss.mean()
+                    work["positions"] += positions
+                    t1 = time.perf_counter()
                     engine.backward(loss / len(group), scale_wrt_gas=False)
+                    t2 = time.perf_counter()
                     engine.step()
+                    t3 = time.perf_counter()
+                    clock["forward_s"] += t1 - t
+                    clock["backward_s"] += t2 - t1
+                    clock["step_s"] += t3 - t2
                     total += loss.item()
                     count += 1
                     samples += len(idx)
@@ -222,7 +236,66 @@ class TrainerWorker:
         return {"loss_first_epoch": epoch_losses[0] if epoch_losses else float("nan"),
                 "loss_last_epoch": epoch_losses[-1] if epoch_losses else float("nan"),
                 "steps": steps, "samples": samples * self.world_size,
-                "seconds": time.perf_counter() - t0, "loop_seconds": time.perf_counter() - t_loop}
+                "seconds": time.perf_counter() - t0, "loop_seconds": time.perf_counter() - t_loop,
+                "packed": packing, **self._sum_across_ranks(work), **clock}
+
+    def _example_losses(self, rows: list, packing: bool) -> tuple[torch.Tensor, int]:
+        """(per-example mean answer NLL of one micro batch, positions computed). Packed: one row
+        without padding, logits only where a label is (data.pack); else right-padded rows and
+        logits everywhere. The same numbers either way (to float rounding)."""
+        engine = self.engine
+        if packing:
+            p = {k: v.to(engine.device) for k, v in pack(rows).items()}
+            logits = engine(input_ids=p["input_ids"], position_ids=p["position_ids"],
+                            logits_to_keep=p["keep"], use_cache=False).logits[0]
+            return packed_nll(logits, p), p["input_ids"].numel()
+        batch = {k: v.to(engine.device) for k, v in
+                 collate(rows, self.tokenizer.pad_token_id).items()}
+        labels = batch.pop("labels")
+        return per_example_nll(engine(**batch, use_cache=False).logits, labels), labels.numel()
+
+    def _packing_works(self) -> bool:
+        """Whether this model honours packed rows (data.pack): two examples packed must give the
+        logits each gives alone. Checked once per process; a model whose attention would mix the
+        examples trains padded instead (with a warning)."""
+        if self._packs is None:
+            rows = [encode(self.tokenizer, ex, self.scfg.max_seq_len) for ex in (
+                {"question": "What is 12 + 7?", "target": "19"},
+                {"question": "Name a colour.", "target": "blue"})]
+            engine = self.engine
+            engine.eval()
+            with torch.no_grad():
+                p = {k: v.to(engine.device) for k, v in pack(rows).items()}
+                packed = engine(input_ids=p["input_ids"], position_ids=p["position_ids"],
+                                logits_to_keep=p["keep"], use_cache=False).logits[0].float()
+                alone = []
+                for j, (ids, _) in enumerate(rows):
+                    out = engine(input_ids=torch.tensor([ids], device=engine.device),
+                                 use_cache=False).logits[0].float()
+                    mine = p["keep"][p["segment"] == j] - (0 if j == 0 else len(rows[0][0]))
+                    alone.append(out[mine])
+                alone = torch.cat(alone)
+            engine.train()
+            err = (packed - alone).abs().max().item()
+            # mixing examples moves logits by O(their size); bf16 rounding alone by ~1%
+            tol = 1e-3 if self.dtype == torch.float32 else 3e-2
+            self._packs = bool(err <= tol * max(1.0, alone.abs().max().item()))
+            if not self._packs:
+                import logging
+
+                logging.getLogger(__name__).warning(
+                    "student.packing: %s does not keep packed examples apart (logits differ by %.3g); "
+                    "training on padded batches", self.scfg.model, err)
+        return self._packs
+
+    def _sum_across_ranks(self, counts: dict[str, int]) -> dict[str, int]:
+        import torch.distributed as dist
+
+        t = torch.tensor(list(counts.values()), dtype=torch.float64,
+                         device=self.engine.device if self.cuda else "cpu")
+        if dist.is_initialized() and self.world_size > 1:
+            dist.all_reduce(t)
+        return {k: int(v) for k, v in zip(counts, t.tolist())}
 
     @torch.no_grad()
     def train_loss(self, examples: list[dict], batch_size: int = 32) -> float:
