@@ -221,11 +221,14 @@ def summarize(r: dict) -> list[tuple[str, str, str]]:
     if gr := r.get("growth"):
         for mode, m in gr["modes"].items():
             pts = " / ".join(f"{v:.0f}" for v in m["at"].values())
+            w = m["samples"]
             rows.append((f"train seconds after {' / '.join(m['at'])} rounds, {mode}", f"{pts} s",
-                         f"x{m['x4_over_2']} then x{m['x8_over_4']}; exponent {m.get('exponent')}"))
+                         f"x{m['x4_over_2']} then x{m['x8_over_4']} (~t^{m.get('exponent')}); "
+                         f"samples trained x{w['x4_over_2']} then x{w['x8_over_4']} "
+                         f"(~t^{w['exponent']})"))
         rows.append(("train seconds restart / continue", f"x{gr['ratio_at_last_point']}",
                      f"after {gr['args']['rounds']} rounds of {gr['args']['k']}, replay "
-                     f"{gr['args']['replay']}"))
+                     f"{gr['args']['replay']}; samples trained x{gr['samples_ratio_at_last_point']}"))
     for kind, nbytes in memory(r).items():
         rows.append((f"peak RSS {kind}", f"{nbytes / 2**20:.0f} MiB", "one actor"))
     if fu := r.get("fusion"):

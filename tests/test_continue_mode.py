@@ -113,6 +113,8 @@ def test_a_group_that_loads_the_state_takes_the_same_steps(ray_session, tmp_path
         assert torch.equal(v, loaded_state[0][0][k]), k
     assert kept_state[0][1] == loaded_state[0][1]  # step counts
     assert abs(m_base["loss_first_epoch"] - m_kept["loss_first_epoch"]) > 1e-3  # base != continued
+    print(f"\nround 2 first-epoch loss: kept in memory {m_kept['loss_first_epoch']:.6f}, loaded "
+          f"{m_loaded['loss_first_epoch']:.6f}, from the base instead {m_base['loss_first_epoch']:.6f}")
 
 
 # ------------------------------------------------------------------------------ whole runs
@@ -177,7 +179,10 @@ def test_continue_mode_kills_end_with_the_same_adapter(reference_continue, tmp_p
     assert any("trainer: rank" in ln and "restarting the whole group" in ln for ln in first.lines)
     Cli("resume", str(run_dir)).finish()
 
-    assert_same_final_state(run_dir, reference_continue, n_samples=12)
+    got_state = assert_same_final_state(run_dir, reference_continue, n_samples=12)
+    print(f"\nkilled run: {first.out.count('restarting the whole group')} trainer restart(s), "
+          f"driver killed in round 3 ({state['phase']}), resumed; train losses "
+          f"{[m['train_loss_first'] for m in got_state['metrics']]}")
     got = checkpoint_tensors(run_dir)
     assert sorted(got) == sorted(reference_continue["checkpoints"])
     for name, tensors in reference_continue["checkpoints"].items():

@@ -8,8 +8,9 @@
 Each run is a real `activesyn run` of the shipped loop job (random selection, so no pool scoring
 differs between the modes) for `--rounds` rounds; the train phase's seconds of every round are read
 from metrics.jsonl. Printed: the cumulative train seconds after 2, 4 and 8 rounds, their growth
-(x4/2 and x8/4: ~3.3-3.6 when quadratic, 2 when linear), the exponent b of a fit
-cum(t) ~ t^b, and a per-round cost model seconds ~ a + s * (samples trained that round) to size a budget.
+(x4/2 and x8/4: 3.3 and 3.6 when quadratic, 2 and 2 when linear), the exponent b of a fit
+cum(t) ~ t^b, the same for the samples trained (exact: the seconds also carry the box's load), and
+a per-round cost model seconds ~ a + s * (samples trained that round) to size a budget.
 
     python -m activesyn_ray.benchmarks.cost_growth --out growth.json
     python -m activesyn_ray.benchmarks.cost_growth --model smollm2-135m --set student.lora.r=8 --k 16
@@ -62,9 +63,12 @@ def run_mode(mode: str, a, run_dir: Path, log=print) -> dict:
     train_s = [m["phase_s"].get("train", 0.0) for m in rows]
     cum = [sum(train_s[:t]) for t in range(1, len(train_s) + 1)]
     trained = [m["train_size"] for m in rows]
+    # the work itself (samples trained, each `epochs` times) is exact; seconds carry the box's load
+    work = growth([float(sum(trained[:t])) for t in range(1, len(trained) + 1)], trained, a.epochs)
     return {"train_s": train_s, "cumulative_train_s": [round(c, 3) for c in cum],
             "train_size": trained, "final_accuracy": rows[-1]["accuracy"] if rows else None,
-            "run_seconds": round(time.perf_counter() - t0, 1), **growth(cum, trained, a.epochs)}
+            "run_seconds": round(time.perf_counter() - t0, 1), **growth(cum, trained, a.epochs),
+            "samples": {k: work[k] for k in ("at", "x4_over_2", "x8_over_4", "exponent")}}
 
 
 def growth(cum: list[float], trained: list[int], epochs: int) -> dict:
@@ -95,17 +99,19 @@ def main(argv=None) -> dict:
     with tempfile.TemporaryDirectory(prefix="bench-growth-") as tmp:
         for mode in ("restart", "continue"):
             results["modes"][mode] = run_mode(mode, a, Path(tmp) / mode)
-            m = results["modes"][mode]
-            pts = ", ".join(f"{t}: {v:.1f} s" for t, v in m["at"].items())
-            print(f"growth {mode}: cumulative train seconds after rounds {pts}; x{m['x4_over_2']} "
-                  f"from 2 to 4, x{m['x8_over_4']} from 4 to 8; exponent {m.get('exponent')} "
-                  f"({'quadratic' if (m.get('exponent') or 0) > 1.5 else 'linear'}); trained "
-                  f"{m['train_size']} samples per round", flush=True)
+            m, w = results["modes"][mode], results["modes"][mode]["samples"]
+            print(f"growth {mode}: train seconds after {'/'.join(m['at'])} rounds "
+                  f"{'/'.join(f'{v:.1f}' for v in m['at'].values())} (x{m['x4_over_2']}, "
+                  f"x{m['x8_over_4']}; ~t^{m.get('exponent')}); samples trained "
+                  f"{'/'.join(f'{v:.0f}' for v in w['at'].values())} (x{w['x4_over_2']}, "
+                  f"x{w['x8_over_4']}; ~t^{w['exponent']}); per round {m['train_size']}", flush=True)
     r, c = results["modes"]["restart"], results["modes"]["continue"]
     last = str(max(int(t) for t in r["at"]))
     results["ratio_at_last_point"] = round(r["at"][last] / c["at"][last], 3) if c["at"].get(last) else None
-    print(f"growth: restart / continue train seconds after {last} rounds: "
-          f"x{results['ratio_at_last_point']}", flush=True)
+    results["samples_ratio_at_last_point"] = round(
+        r["samples"]["at"][last] / c["samples"]["at"][last], 3)
+    print(f"growth: restart / continue after {last} rounds: x{results['ratio_at_last_point']} train "
+          f"seconds, x{results['samples_ratio_at_last_point']} samples trained", flush=True)
     if a.out:
         Path(a.out).write_text(json.dumps(results, indent=2))
         print(f"wrote {a.out}")

@@ -113,6 +113,9 @@ def main(argv=None) -> dict:
     variants = a.variants.split(",") if a.variants != "auto" else \
         ["padded", "packed"] + (["packed-bf16"] if not a.num_gpus and bf16_cpu() else [])
     gpu = a.num_gpus > 0
+    # every variant's rank and the matmul probe stay alive side by side: on a GPU they share it
+    # (they never compute at the same time: the runs alternate)
+    share = a.num_gpus / (len(variants) + 1) if gpu else 0
 
     def cfg_for(variant: str):
         return config_from_dict({
@@ -124,7 +127,7 @@ def main(argv=None) -> dict:
                         "dtype": "bfloat16" if variant.endswith("bf16") else
                         ("auto" if gpu else "float32")},
             "resources": {"trainer": {"num_workers": 1, "num_cpus": a.num_cpus,
-                                      "num_gpus": a.num_gpus}},
+                                      "num_gpus": share}},
         })
 
     cfg = cfg_for("packed")
@@ -136,7 +139,7 @@ def main(argv=None) -> dict:
     ray.init(address="local", num_cpus=4, include_dashboard=False,
              runtime_env={"env_vars": worker_env()}, log_to_driver=False)
     device = "cuda" if gpu else "cpu"
-    probe = ray.remote(num_cpus=a.num_cpus, num_gpus=a.num_gpus)(matmul_gflops)
+    probe = ray.remote(num_cpus=a.num_cpus, num_gpus=share)(matmul_gflops)
     dtypes = sorted({("bfloat16" if v.endswith("bf16") or gpu else "float32") for v in variants})
 
     def peak() -> dict[str, dict]:
