@@ -153,7 +153,9 @@ class StudentConfig(_Group):
     max_new_tokens: int = Field(24, gt=0)
     """Greedy answer length for scoring and evaluation."""
     dtype: Literal["auto", "float32", "bfloat16"] = "auto"
-    """auto: bf16 on GPU, fp32 on CPU (bf16 is ~10x slower on AVX2 CPUs); trainer and scorers."""
+    """auto: bf16 on GPU, fp32 on CPU (bf16 is ~10x slower on AVX2 CPUs; on AVX-512 BF16 ones the
+    trainer ran x2.2 faster but moved the loss +2.85%: `activesyn bench --parts trainer`); trainer
+    and scorers."""
     inference: Literal["auto", "vllm", "hf"] = "auto"
     """Engine of the scorer shards for greedy answers, `loss` and evaluation. vllm: frozen base +
     each round's LoRA adapter in vLLM; entropy, grad_embed, reward (and loss_gt, see vllm.loss_gt) run
