@@ -4,7 +4,13 @@
     scoring   scoring + evaluation examples/s: HF path with 1 and 2 shards, vLLM path (LoRA adapter on
               the frozen base, merged in place and as a LoRARequest) vs HF on the same adapter and
               examples (and that they agree)
-    trainer   samples/s with 1 and 2 DeepSpeed ranks
+    trainer   samples/s with 1 and 2 DeepSpeed ranks (part `student`); part `trainer`: achieved
+              FLOP/s on real tokens vs a plain torch matmul measured alongside (utilisation; MFU on
+              a GPU), padding share, padded vs packed batches, bf16 vs fp32 where the CPU has bf16
+    growth    train seconds after 2, 4, 8 rounds, restart-each-round vs continue + replay
+              (quadratic vs linear; not in the default parts: two loop runs, `--parts growth`)
+    machine   always: CPU model, ISA flags (AVX-512, AMX, bf16), cores, load, torch / vLLM /
+              DeepSpeed versions, the fp32 / bf16 matmul rate of one thread
     sync      bytes per adapter broadcast vs a full-weight broadcast
     loop      share of iteration wall time outside generate/score/train/eval (orchestration overhead)
     fusion    per-iteration wall time of jobs/loop-timing-cpu.yaml (SmolLM2-135M + LoRA) with the
@@ -38,7 +44,7 @@ def _module(name: str) -> list[str]:
     return [sys.executable, "-m", f"activesyn_ray.benchmarks.{name}"]
 
 
-PROGRESS = ("trainer ", "scoring ", "vLLM", "sync:", "... ", "wrote ", "loop ")
+PROGRESS = ("trainer ", "scoring ", "vLLM", "sync:", "... ", "wrote ", "loop ", "growth")
 
 
 def _run(cmd: list[str], log) -> None:
@@ -79,8 +85,10 @@ def loop_overhead(*, model: str, budget: int, k: int, log) -> dict:
 def run_bench(*, out: Path, teacher_model: str, student_model: str, prompts: int, max_new_tokens: int,
               train_examples: int, score_examples: int, loop_model: str, loop_budget: int, loop_k: int,
               num_gpus: float, parts: list[str], log=print) -> dict:
+    from activesyn_ray.benchmarks.machine import describe
+
     results: dict = {"started": time.strftime("%Y-%m-%d %H:%M:%S"), "cpu_count": os.cpu_count(),
-                     "loadavg_1m_start": round(os.getloadavg()[0], 2)}
+                     "loadavg_1m_start": round(os.getloadavg()[0], 2), "machine": describe()}
 
     def save() -> None:
         """Written after every part: a part that fails later does not take the finished ones."""
@@ -104,6 +112,17 @@ def run_bench(*, out: Path, teacher_model: str, student_model: str, prompts: int
                   "--num-gpus", str(num_gpus),
                   "--out", str(path)], log)
             results["student"] = json.loads(path.read_text())
+            save()
+        if "trainer" in parts:
+            path = Path(tmp) / "trainer.json"
+            _run([*_module("trainer_efficiency"), "--model", student_model,
+                  "--num-gpus", str(num_gpus), "--out", str(path)], log)
+            results["trainer"] = json.loads(path.read_text())
+            save()
+        if "growth" in parts:
+            path = Path(tmp) / "growth.json"
+            _run([*_module("cost_growth"), "--out", str(path)], log)
+            results["growth"] = json.loads(path.read_text())
             save()
     if "loop" in parts:
         results["loop"] = loop_overhead(model=loop_model, budget=loop_budget, k=loop_k, log=log)
@@ -133,7 +152,9 @@ def memory(r: dict) -> dict[str, int]:
 
 def summarize(r: dict) -> list[tuple[str, str, str]]:
     """(figure, value, what it compares) rows for the table."""
-    rows = []
+    from activesyn_ray.benchmarks.machine import summary_rows
+
+    rows = summary_rows(r["machine"]) if "machine" in r else []
     if t := r.get("teacher"):
         by = {(x["engine"], x["replicas"]): x["tokens_per_s"] for x in t["rows"]}
         for (engine, n), v in sorted(by.items()):
@@ -185,6 +206,37 @@ def summarize(r: dict) -> list[tuple[str, str, str]]:
             rows.append(("adapter sync", f"{sync['adapter_bytes'] / 2**20:.2f} MiB",
                          f"full weights {sync['full_weight_bytes'] / 2**20:.1f} MiB "
                          f"(x{sync['full_weight_bytes'] / max(1, sync['adapter_bytes']):.0f})"))
+    if tr := r.get("trainer"):
+        gpu = tr["args"]["num_gpus"] > 0
+        for v, x in tr["variants"].items():
+            rows.append((f"trainer {v}: {'MFU' if gpu else 'utilisation'}",
+                         f"{100 * x['utilisation_vs_sustained']:.1f}% "
+                         f"({x['achieved_gflops']:.1f} GFLOP/s)",
+                         f"real tokens vs {x['dtype']} matmul alongside "
+                         f"{x['peak_sustained_gflops']:.1f} GFLOP/s "
+                         f"({100 * x['utilisation_vs_burst']:.1f}% of burst "
+                         f"{x['peak_burst_gflops']:.1f}"
+                         + (f"; {100 * x['mfu_vs_datasheet']:.1f}% of datasheet"
+                            if "mfu_vs_datasheet" in x else "") + ")"))
+            rows.append((f"trainer {v}: padding, speed",
+                         f"{100 * x['padding_share']:.1f}%, x{x['speedup_vs_baseline']:.2f}",
+                         f"{x['samples_per_s']:.2f} samples/s; first-epoch loss "
+                         f"{100 * x['loss_vs_baseline']:+.2f}% vs {next(iter(tr['variants']))}"))
+        if bv := tr.get("bf16_verdict"):
+            rows.append(("trainer bf16 / fp32", f"x{bv['speedup']:.2f}",
+                         f"first-epoch loss {100 * bv['loss_vs_fp32']:+.2f}%: "
+                         f"{'use bf16' if bv['use_bf16'] else 'keep fp32'} (faster and within 1%?)"))
+    if gr := r.get("growth"):
+        for mode, m in gr["modes"].items():
+            pts = " / ".join(f"{v:.0f}" for v in m["at"].values())
+            w = m["samples"]
+            rows.append((f"train seconds after {' / '.join(m['at'])} rounds, {mode}", f"{pts} s",
+                         f"x{m['x4_over_2']} then x{m['x8_over_4']} (~t^{m.get('exponent')}); "
+                         f"samples trained x{w['x4_over_2']} then x{w['x8_over_4']} "
+                         f"(~t^{w['exponent']})"))
+        rows.append(("train seconds restart / continue", f"x{gr['ratio_at_last_point']}",
+                     f"after {gr['args']['rounds']} rounds of {gr['args']['k']}, replay "
+                     f"{gr['args']['replay']}; samples trained x{gr['samples_ratio_at_last_point']}"))
     for kind, nbytes in memory(r).items():
         rows.append((f"peak RSS {kind}", f"{nbytes / 2**20:.0f} MiB", "one actor"))
     if fu := r.get("fusion"):

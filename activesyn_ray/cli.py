@@ -225,9 +225,12 @@ def bench(out: Path = typer.Option(Path("bench.json"), help="JSON with every mea
           loop_model: str = typer.Option("tiny:h=64,l=2", help="Student of the loop-overhead run."),
           loop_budget: int = typer.Option(48), loop_k: int = typer.Option(16),
           num_gpus: float = typer.Option(0, help="GPUs per student actor (0 on CPU)."),
-          parts: str = typer.Option("teacher,student,loop", help="Comma list of parts to run.")):
-    """Throughput side by side: vLLM vs HF, replicas, scorer shards, trainer ranks, sync bytes,
-    orchestration overhead. Prints a table and writes JSON."""
+          parts: str = typer.Option("teacher,student,trainer,loop",
+                                    help="Comma list of parts: teacher, student, trainer, loop, "
+                                         "growth, fusion.")):
+    """Throughput side by side: vLLM vs HF, replicas, scorer shards, trainer ranks and their
+    utilisation of the hardware, sync bytes, orchestration overhead, training cost growth; with the
+    machine it ran on. Prints a table and writes JSON."""
     from rich.table import Table
 
     from activesyn_ray.bench import run_bench

@@ -141,6 +141,11 @@ class StudentConfig(_Group):
     """Training examples per step per trainer rank (DeepSpeed train_micro_batch_size_per_gpu)."""
     grad_accum: int = Field(1, gt=0)
     """Micro-batches accumulated per optimizer step."""
+    packing: bool = True
+    """Train on each micro batch packed into one row (no padding; attention kept within each
+    example; the output head applied only where a label is) instead of right-padded rows with
+    logits everywhere: the same losses to float rounding, fewer FLOPs (`activesyn bench --parts
+    trainer`). Checked once per model; a model that would mix packed examples trains padded."""
     zero_stage: Literal[0, 1, 2, 3] = 2
     """DeepSpeed ZeRO stage: 0 plain data parallel, 1 shards optimizer state, 2 + gradients,
     3 + parameters (for students that do not fit one device)."""
@@ -149,7 +154,9 @@ class StudentConfig(_Group):
     max_new_tokens: int = Field(24, gt=0)
     """Greedy answer length for scoring and evaluation."""
     dtype: Literal["auto", "float32", "bfloat16"] = "auto"
-    """auto: bf16 on GPU, fp32 on CPU (bf16 is ~10x slower on AVX2 CPUs); trainer and scorers."""
+    """auto: bf16 on GPU, fp32 on CPU (bf16 is ~10x slower on AVX2 CPUs; on AVX-512 BF16 ones the
+    trainer ran x2.2 faster but moved the loss +2.85%: `activesyn bench --parts trainer`); trainer
+    and scorers."""
     inference: Literal["auto", "vllm", "hf"] = "auto"
     """Engine of the scorer shards for greedy answers, `loss` and evaluation. vllm: frozen base +
     each round's LoRA adapter in vLLM; entropy, grad_embed, reward (and loss_gt, see vllm.loss_gt) run
@@ -158,8 +165,15 @@ class StudentConfig(_Group):
     (full finetuning, lora: null, always uses hf)."""
     vllm: StudentVllmConfig = Field(default_factory=StudentVllmConfig)
     restart_each_round: bool = True
-    """True: every round trains a fresh adapter on D_1..D_t from the base (the paper's protocol);
-    False: continue from the last round's adapter."""
+    """True: every round trains a fresh adapter and optimizer on all samples so far, D_1..D_t, from
+    the base (the paper's protocol; training cost grows with the square of the rounds). False: each
+    round continues from the previous round's adapter AND AdamW state and trains on its new samples
+    D_t plus a `replay` share of older ones (cost linear in the rounds); restarted trainer ranks and
+    resumed runs continue from the last round's state (checkpoints/round-t/trainer/)."""
+    replay: float = Field(0.0, ge=0.0, lt=1.0)
+    """With restart_each_round: false, the share of each round's training set drawn from older
+    rounds' samples, uniformly without replacement, seeded by (seed, round): 0.5 trains on the k new
+    samples plus k older ones (fewer while fewer exist). 0: new samples only."""
     fuse_eval_and_score: bool = True
     """Evaluate round t and score the seed pool for round t+1 (same adapter) in ONE pass of the
     scorer shards over test + validation + pool; the pool's scores are stored in scores.jsonl and
@@ -183,6 +197,16 @@ class StudentConfig(_Group):
         if self.inference == "vllm" and self.lora is None:
             raise ValueError("inference: vllm serves LoRA adapters on a frozen base; with lora: null "
                              "(full finetuning) use hf or auto")
+        return self
+
+    @model_validator(mode="after")
+    def _continue_mode(self) -> "StudentConfig":
+        if self.replay > 0 and self.restart_each_round:
+            raise ValueError(f"replay: {self.replay} needs restart_each_round: false (restarted "
+                             f"rounds already train on every sample so far)")
+        if not self.restart_each_round and self.zero_stage == 3:
+            raise ValueError("restart_each_round: false is not supported with zero_stage: 3 yet "
+                             "(the optimizer state is carried for ZeRO stages 0-2)")
         return self
 
 

@@ -42,6 +42,7 @@ from activesyn_ray.runstore import RunStore
 from activesyn_ray.selection import SeedScores, build_strategy
 from activesyn_ray.selection.base import (CORRECT, ENTROPY, JUDGE, LOSS, LOSS_GT, PASS_RATE, REWARD,
                                           previous)
+from activesyn_ray.student.replay import round_training_set
 from activesyn_ray.tasks import Example, build_task, stratum
 from activesyn_ray.tracking import close_trackers, track
 
@@ -189,7 +190,7 @@ class Coordinator:
         prefixes = list(range(k, len(records), k)) + [len(records)]
         done = len(state.get("evaluated_prefixes", []))
         for step, limit in enumerate(prefixes[done:], start=done + 1):
-            train = self.train(step, records[:limit])
+            train = self.train(step, records[:limit], new_from=prefixes[step - 2] if step > 1 else 0)
             state = self.evaluate(state, step, train, records[:limit], static_prefix=True,
                                   phase=Phase.GENERATED, evaluated_prefixes=prefixes[:step])
             self._plot()
@@ -344,12 +345,23 @@ class Coordinator:
             self._phase_s["score_synthetic"] = time.perf_counter() - t0
         return self._save(state, phase=Phase.SCORED)
 
-    def train(self, iteration: int, records: list[dict], settle_first=None) -> dict:
-        """Step 4: the student on every clean sample so far (parsed, not contaminated).
+    def train(self, iteration: int, records: list[dict], settle_first=None,
+              new_from: int | None = None) -> dict:
+        """Step 4: the student on every clean sample so far (parsed, not contaminated), or with
+        restart_each_round: false on this round's clean samples + a replay share of older ones
+        (student/replay.py). new_from: index in `records` where this round's samples start
+        (static's prefixes); by default the records of this iteration.
         settle_first: scorer calls (overlapped score-synthetic) that must end before the new
         adapter reaches the scorers."""
-        data = [Example.from_dict(r["example"]) for r in records
-                if r["parsed"] and not r.get("contaminated")]
+        clean = [(i, Example.from_dict(r["example"])) for i, r in enumerate(records)
+                 if r["parsed"] and not r.get("contaminated")]
+        data, replayed = [e for _, e in clean], 0
+        if not self.cfg.student.restart_each_round:
+            is_new = (lambda i: i >= new_from) if new_from is not None else \
+                (lambda i: records[i]["iteration"] == iteration)
+            data, replayed = round_training_set(
+                [e for i, e in clean if is_new(i)], [e for i, e in clean if not is_new(i)],
+                replay=self.cfg.student.replay, seed=self.cfg.seed, round=iteration)
         self._doing = f"training on {len(data)} samples"
         t0 = time.perf_counter()
         if data:
@@ -359,7 +371,7 @@ class Coordinator:
                 settle_first.settle()
             metrics = {}
         self._phase_s["train"] = time.perf_counter() - t0
-        return dict(metrics, train_size=len(data))
+        return dict(metrics, train_size=len(data), train_replayed=replayed)
 
     def evaluate(self, state: dict, iteration: int, train: dict, records: list[dict], *,
                  static_prefix: bool = False, **changes) -> dict:
@@ -394,6 +406,7 @@ class Coordinator:
         row = {"iteration": iteration, "strategy": self.cfg.selection.strategy,
                "seed": self.cfg.seed, "samples": len(records) if static_prefix else self.ledger.samples,
                "train_size": train.get("train_size", 0),
+               "train_replayed": train.get("train_replayed", 0),  # older samples in train_size
                "teacher_tokens": sum(r["prompt_tokens"] + r["completion_tokens"] for r in records)
                if static_prefix else self.ledger.tokens,
                "judge_tokens": self.ledger.judge_tokens,

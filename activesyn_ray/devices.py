@@ -2,7 +2,9 @@
 trainer, the scorers and the teacher engines alike.
 
 "auto" is bf16 on a GPU and fp32 on a CPU: AVX2 CPUs have no bf16 arithmetic, and a probe ran bf16
-~10x slower than fp32 in training and ~5x slower in vLLM (probed on the 2-core AVX2 dev box).
+~10x slower than fp32 in training and ~5x slower in vLLM (probed on the 2-core AVX2 dev box). On a
+CPU with AVX-512 BF16 the trainer ran x2.2 faster in bf16 but its first-epoch loss moved +2.85%
+(docs/results.md section 5; `activesyn bench --parts trainer` repeats the check), so auto stays fp32.
 """
 
 from __future__ import annotations

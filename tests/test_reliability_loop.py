@@ -132,11 +132,11 @@ def final_state(run_dir: Path) -> dict:
             "ledger": ledger, "done": state.get("done")}
 
 
-def assert_same_final_state(run_dir: Path, reference: dict) -> dict:
+def assert_same_final_state(run_dir: Path, reference: dict, n_samples: int = 8) -> dict:
     got = final_state(run_dir)
     assert got["done"] and reference["done"]
     ids = [r["request_id"] for r in got["synthetic"]]
-    assert len(ids) == len(set(ids)) == 8  # nothing generated twice
+    assert len(ids) == len(set(ids)) == n_samples  # nothing generated twice
     assert got["ledger"] == reference["ledger"]  # nothing charged twice
     assert [m["accuracy"] for m in got["metrics"]] == [m["accuracy"] for m in reference["metrics"]]
     assert got["metrics"] == reference["metrics"]

@@ -72,6 +72,37 @@ def test_per_example_loss_weighs_examples_equally():
     assert batch["attention_mask"].tolist() == [[1, 1, 1], [1, 0, 0]]
 
 
+@pytest.mark.parametrize("model", ["tiny", "smollm2-135m"])
+def test_packed_rows_give_the_padded_losses(model, task_data):
+    """data.pack: a micro batch as one row (positions restart per example, head only where a label
+    is) gives each example the loss it has in a padded batch; the padding is gone."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from activesyn_ray.models import resolve_model
+    from activesyn_ray.student.data import pack, packed_nll
+
+    task, seeds, _ = task_data
+    path = resolve_model(model)
+    tok = AutoTokenizer.from_pretrained(path)
+    lm = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
+    rows = [encode(tok, {"question": e.question, "target": task.target(e)}, 64) for e in seeds[:6]]
+    rows.append(encode(tok, {"question": "x" * 200, "target": " #### 1"}, 16))  # cut to 16
+    batch = collate(rows, tok.pad_token_id)
+    labels = batch.pop("labels")
+    p = pack(rows)
+    assert p["input_ids"].numel() == sum(len(ids) for ids, _ in rows) < labels.numel()
+    assert len(p["keep"]) == int((labels[:, 1:] != IGNORE).sum())
+    with torch.no_grad():
+        padded = per_example_nll(lm(**batch, use_cache=False).logits, labels)
+        packed = packed_nll(lm(input_ids=p["input_ids"], position_ids=p["position_ids"],
+                               logits_to_keep=p["keep"], use_cache=False).logits[0], p)
+        # without restarting positions the examples would see each other: the check can fail
+        mixed = packed_nll(lm(input_ids=p["input_ids"], logits_to_keep=p["keep"],
+                              use_cache=False).logits[0], p)
+    np.testing.assert_allclose(packed.numpy(), padded.numpy(), rtol=1e-4, atol=1e-5)
+    assert np.abs(mixed.numpy() - padded.numpy()).max() > 1e-2
+
+
 def test_scoring_plan_runs_only_what_the_needs_imply():
     from activesyn_ray.student.scoring import plan, resolve_inference
 

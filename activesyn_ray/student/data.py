@@ -53,6 +53,37 @@ def collate(rows: list[tuple[list[int], list[int]]], pad_id: int) -> dict[str, t
     return {"input_ids": input_ids, "attention_mask": mask, "labels": labels}
 
 
+def pack(rows: list[tuple[list[int], list[int]]]) -> dict[str, torch.Tensor]:
+    """A micro batch as ONE row, no padding: the examples back to back, positions restarting at 0
+    for each. Given position_ids and no attention_mask, transformers' packed-sequence detection
+    masks attention to each example's own earlier tokens, so every example computes what it would
+    alone (the trainer checks this once per model: TrainerWorker._packing_works). `keep`: the
+    positions whose next token is labelled (the only logits the loss needs); `targets` those
+    tokens, `segment` the example each belongs to."""
+    ids, pos, seg, lab = [], [], [], []
+    for j, (x, y) in enumerate(rows):
+        ids += x
+        pos += range(len(x))
+        seg += [j] * len(x)
+        lab += y
+    seg_t, lab_t = torch.tensor(seg), torch.tensor(lab)
+    # logits at p predict token p + 1 of the same example
+    nxt = torch.cat([lab_t[1:], torch.tensor([IGNORE])])
+    same = torch.cat([seg_t[1:] == seg_t[:-1], torch.tensor([False])])
+    keep = ((nxt != IGNORE) & same).nonzero().squeeze(1)
+    return {"input_ids": torch.tensor([ids]), "position_ids": torch.tensor([pos]), "keep": keep,
+            "targets": nxt[keep], "segment": seg_t[keep], "n": torch.tensor(len(rows))}
+
+
+def packed_nll(logits: torch.Tensor, packed: dict[str, torch.Tensor]) -> torch.Tensor:
+    """per_example_nll for a packed row: `logits` are those at packed["keep"] ([n_kept, vocab])."""
+    nll = torch.nn.functional.cross_entropy(logits.float(), packed["targets"], reduction="none")
+    n, seg = int(packed["n"]), packed["segment"]
+    total = torch.zeros(n, dtype=nll.dtype, device=nll.device).index_add(0, seg, nll)
+    count = torch.zeros(n, dtype=nll.dtype, device=nll.device).index_add(0, seg, torch.ones_like(nll))
+    return total / count.clamp(min=1)
+
+
 def left_pad(seqs: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Left padding for generation: every prompt ends at the last column."""
     width = max(len(s) for s in seqs)

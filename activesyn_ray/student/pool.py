@@ -20,6 +20,7 @@ import ray
 
 from activesyn_ray import placement
 from activesyn_ray.actors import ActorGroup, shard
+from activesyn_ray.student import trainer_state
 from activesyn_ray.student.scoring import DECODED, ScorerWorker
 from activesyn_ray.student.trainer import TrainerWorker
 from activesyn_ray.tasks.base import Example
@@ -82,6 +83,12 @@ class StudentPool:
         self._adapter_files: dict | None = None  # the last trained adapter's folder, as bytes
         self.adapter_ref: ray.ObjectRef | None = None
         self.adapter_bytes = 0
+        # restart_each_round: false: the state the last training ended in (weights + AdamW), as
+        # {"token", "state": [ObjectRef]} (a list, so Ray hands the ranks the ref, not the tensors:
+        # only a rank that does not hold that state fetches it). None: a fresh adapter.
+        self.continues = not cfg.student.restart_each_round
+        self._train_from: dict | None = None
+        self._trainings = 0
 
     # ------------------------------------------------------------------ restarts
     def _rendezvous(self, ranks: list[int]) -> None:
@@ -103,22 +110,34 @@ class StudentPool:
 
     def train(self, examples: list[Example], round: int,
               settle_first: PendingScores | None = None) -> dict:
-        """Train on `examples` (all synthetic data so far) and push the new adapter to the scorers.
-        Training and fetching its result are one phase: a trainer restart loses the trained
-        weights, so a failure anywhere in it redoes the training (deterministic given the data).
-        settle_first: scorer calls still running under the previous adapter (score_submit); the
-        new one is pushed only after they end (scorer actors are threaded: no queue order to rely on)."""
+        """Train on `examples` (the round's training set: all synthetic data so far, or with
+        restart_each_round: false the new samples + replay) and push the new adapter to the
+        scorers. Training and fetching its result are one phase: a trainer restart loses the
+        trained weights, so a failure anywhere in it redoes the training (deterministic given the
+        data and, when continuing, the state the previous round ended in, which restarted ranks
+        load). settle_first: scorer calls still running under the previous adapter (score_submit);
+        the new one is pushed only after they end (scorer actors are threaded: no queue order to
+        rely on)."""
         data = [{"question": e.question, "target": self.task.target(e)} for e in examples]
         data_ref = ray.put(data)  # one copy in the object store, read by every rank
+        start, token = self._train_from, f"{round}.{self._trainings}"
 
         def phase():
-            metrics = self.trainers.gather("train", data_ref, round=round)[0]
+            metrics = self.trainers.gather("train", data_ref, round=round, start=start,
+                                           token=token)[0]
             t0 = time.perf_counter()
             state = self._on_all_ranks_if_zero3("adapter_state")
             files = self._on_all_ranks_if_zero3("adapter_files")
-            return metrics, state, files, t0
+            # a collective (DeepSpeed all-reduces each tensor's fragments): every rank
+            tstate = self.trainers.gather("trainer_state")[0] if self.continues else None
+            return metrics, state, files, tstate, t0
 
-        metrics, state, self._adapter_files, t0 = self.trainers.retry(phase)
+        metrics, state, files, tstate, t0 = self.trainers.retry(phase)
+        self._trainings += 1
+        if tstate is not None:
+            self._train_from = {"token": token, "state": [ray.put(tstate)]}
+            files = {**files, trainer_state.FILE: trainer_state.to_bytes(tstate)}
+        self._adapter_files = files
         if settle_first is not None:
             settle_first.settle()
         self.push_adapter(state)
@@ -140,7 +159,9 @@ class StudentPool:
     def restore_adapter(self, folder) -> bool:
         """Resume: push the adapter checkpointed in `folder` (a save_adapter folder) to the
         scorers, and keep its files for the next save, so a resumed run scores and saves with the
-        student it had, not the base. False when there is no such checkpoint."""
+        student it had, not the base. With restart_each_round: false the next training continues
+        from the trainer state saved beside it (a folder without one, the untrained round 0:
+        from a fresh adapter). False when there is no such checkpoint."""
         from pathlib import Path
 
         import torch
@@ -156,7 +177,16 @@ class StudentPool:
             from transformers import AutoModelForCausalLM
 
             state = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).state_dict()
-        self._adapter_files = {f.name: f.read_bytes() for f in folder.iterdir() if f.is_file()}
+        self._adapter_files = {f.relative_to(folder).as_posix(): f.read_bytes()
+                               for f in sorted(folder.rglob("*")) if f.is_file()}
+        if self.continues:
+            saved = folder / trainer_state.FILE
+            self._train_from = {"token": f"restored:{folder.name}",
+                                "state": [ray.put(trainer_state.load(saved))]} \
+                if saved.exists() else None
+            if not saved.exists() and folder.name != "round-0":
+                log.warning("%s has no trainer state: the next round starts from a fresh adapter",
+                            folder)
         self.push_adapter(state)
         return True
 
@@ -185,7 +215,8 @@ class StudentPool:
         tmp = dest.with_name(f".{dest.name}.tmp{os.getpid()}")
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
-        for name, data in files.items():
+        for name, data in files.items():  # names may hold a folder (trainer/state.safetensors)
+            (tmp / name).parent.mkdir(parents=True, exist_ok=True)
             (tmp / name).write_bytes(data)
         if dest.exists():
             shutil.rmtree(dest)

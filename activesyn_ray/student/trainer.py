@@ -29,7 +29,10 @@ import torch
 from activesyn_ray.actors import set_threads
 from activesyn_ray.devices import peak_rss_bytes, resolve_dtype
 from activesyn_ray.models import resolve_model
-from activesyn_ray.student.data import collate, encode, per_example_nll
+from activesyn_ray.student import trainer_state
+from activesyn_ray.student.data import IGNORE, collate, encode, pack, packed_nll, per_example_nll
+
+FRESH = "fresh"  # what a rank holds right after _build_engine: the seeded adapter, no step taken
 
 
 def peft_lora_config(lora):
@@ -77,6 +80,8 @@ class TrainerWorker:
         self.model_path = resolve_model(self.scfg.model)
         self.tokenizer = AutoTokenizer.from_pretrained(self.model_path)
         self.engine = None
+        self.holds: str | None = None  # the token of the training state this rank's engine is in
+        self._packs: bool | None = None  # this model keeps packed examples apart (checked once)
 
     def peak_rss(self) -> dict:
         return {"peak_rss_bytes": peak_rss_bytes()}
@@ -133,6 +138,21 @@ class TrainerWorker:
             "wall_clock_breakdown": False,
         }
         self.engine, *_ = deepspeed.initialize(model=model, optimizer=optimizer, config=ds_config)
+        self.holds = FRESH
+
+    def _continue_from(self, start: dict | None) -> None:
+        """Continue mode: be in the state `start` names ({"token", "state": [ObjectRef]}; None: a
+        fresh adapter). A rank already in it continues in memory; any other (restarted, resumed,
+        or one that trained since) rebuilds its engine and loads the state."""
+        want = FRESH if start is None else start["token"]
+        if self.engine is not None and self.holds == want:
+            return
+        self._build_engine()
+        if start is not None:
+            import ray
+
+            trainer_state.restore(self.engine, *ray.get(start["state"][0]))
+            self.holds = want
 
     @contextlib.contextmanager
     def _full_params(self):
@@ -158,18 +178,30 @@ class TrainerWorker:
         return float(t[0] / t[1]) if t[1] > 0 else float("nan")
 
     # ------------------------------------------------------------------ training
-    def train(self, examples: list[dict], round: int) -> dict:
+    def train(self, examples: list[dict], round: int, *, start: dict | None = None,
+              token: str | None = None) -> dict:
         """`cfg.student.epochs` passes over `examples` ({"question", "target"} dicts). `seconds`
-        includes (re)building the engine; `loop_seconds` is the training loop alone."""
+        includes (re)building the engine; `loop_seconds` is the training loop alone.
+        restart_each_round: a fresh adapter and optimizer every call. Otherwise the call continues
+        from `start` (see _continue_from) and `token` names the state it ends in."""
         t0 = time.perf_counter()
-        if self.engine is None or self.scfg.restart_each_round:
+        if self.scfg.restart_each_round:
             self._build_engine()
+        else:
+            self._continue_from(start)
+            # dropout draws depend on (seed, round) only, not on what this process ran before
+            torch.manual_seed(int(np.random.SeedSequence([self.cfg.seed, round]).generate_state(1)[0]))
+        self.holds = None  # mid-training: no state anyone could name (until the loop ends)
         t_loop = time.perf_counter()
         engine, micro, accum = self.engine, self.scfg.micro_batch_size, self.scfg.grad_accum
         feats = self._features(examples)
-        pad_id = self.tokenizer.pad_token_id
+        packing = self.scfg.packing and self._packing_works()
         engine.train()
         epoch_losses, steps, samples = [], 0, 0
+        # what the bench turns into FLOP/s: real tokens, computed positions (real + padding),
+        # labelled positions; seconds in forward (+ loss), backward and optimizer step
+        work = {"tokens": 0, "positions": 0, "label_tokens": 0}
+        clock = {"forward_s": 0.0, "backward_s": 0.0, "step_s": 0.0}
         for epoch in range(self.scfg.epochs):
             batches = epoch_slices(len(feats), rank=self.rank, world_size=self.world_size,
                                    micro=micro, seed=self.cfg.seed, round=round, epoch=epoch)
@@ -177,24 +209,93 @@ class TrainerWorker:
             for g in range(0, len(batches), accum):
                 group = batches[g:g + accum]
                 for j, idx in enumerate(group):
-                    batch = {k: v.to(engine.device) for k, v in
-                             collate([feats[i] for i in idx], pad_id).items()}
-                    labels = batch.pop("labels")
+                    rows = [feats[i] for i in idx]
+                    work["tokens"] += sum(len(ids) for ids, _ in rows)
+                    work["label_tokens"] += sum(sum(t != IGNORE for t in lab[1:]) for _, lab in rows)
                     # The last micro batch of an epoch may close a short accumulation group: mark
                     # the boundary ourselves and average over the group's real size.
                     engine.set_gradient_accumulation_boundary(j == len(group) - 1)
-                    loss = per_example_nll(engine(**batch).logits, labels).mean()
+                    t = time.perf_counter()
+                    loss, positions = self._example_losses(rows, packing)
+                    loss = loss.mean()
+                    work["positions"] += positions
+                    t1 = time.perf_counter()
                     engine.backward(loss / len(group), scale_wrt_gas=False)
+                    t2 = time.perf_counter()
                     engine.step()
+                    t3 = time.perf_counter()
+                    clock["forward_s"] += t1 - t
+                    clock["backward_s"] += t2 - t1
+                    clock["step_s"] += t3 - t2
                     total += loss.item()
                     count += 1
                     samples += len(idx)
                 steps += 1
             epoch_losses.append(self._mean_across_ranks(total, count))
+        self.holds = token
         return {"loss_first_epoch": epoch_losses[0] if epoch_losses else float("nan"),
                 "loss_last_epoch": epoch_losses[-1] if epoch_losses else float("nan"),
                 "steps": steps, "samples": samples * self.world_size,
-                "seconds": time.perf_counter() - t0, "loop_seconds": time.perf_counter() - t_loop}
+                "seconds": time.perf_counter() - t0, "loop_seconds": time.perf_counter() - t_loop,
+                "packed": packing, **self._sum_across_ranks(work), **clock}
+
+    def _example_losses(self, rows: list, packing: bool) -> tuple[torch.Tensor, int]:
+        """(per-example mean answer NLL of one micro batch, positions computed). Packed: one row
+        without padding, logits only where a label is (data.pack); else right-padded rows and
+        logits everywhere. The same numbers either way (to float rounding)."""
+        engine = self.engine
+        if packing:
+            p = {k: v.to(engine.device) for k, v in pack(rows).items()}
+            logits = engine(input_ids=p["input_ids"], position_ids=p["position_ids"],
+                            logits_to_keep=p["keep"], use_cache=False).logits[0]
+            return packed_nll(logits, p), p["input_ids"].numel()
+        batch = {k: v.to(engine.device) for k, v in
+                 collate(rows, self.tokenizer.pad_token_id).items()}
+        labels = batch.pop("labels")
+        return per_example_nll(engine(**batch, use_cache=False).logits, labels), labels.numel()
+
+    def _packing_works(self) -> bool:
+        """Whether this model honours packed rows (data.pack): two examples packed must give the
+        logits each gives alone. Checked once per process; a model whose attention would mix the
+        examples trains padded instead (with a warning)."""
+        if self._packs is None:
+            rows = [encode(self.tokenizer, ex, self.scfg.max_seq_len) for ex in (
+                {"question": "What is 12 + 7?", "target": "19"},
+                {"question": "Name a colour.", "target": "blue"})]
+            engine = self.engine
+            engine.eval()
+            with torch.no_grad():
+                p = {k: v.to(engine.device) for k, v in pack(rows).items()}
+                packed = engine(input_ids=p["input_ids"], position_ids=p["position_ids"],
+                                logits_to_keep=p["keep"], use_cache=False).logits[0].float()
+                alone = []
+                for j, (ids, _) in enumerate(rows):
+                    out = engine(input_ids=torch.tensor([ids], device=engine.device),
+                                 use_cache=False).logits[0].float()
+                    mine = p["keep"][p["segment"] == j] - (0 if j == 0 else len(rows[0][0]))
+                    alone.append(out[mine])
+                alone = torch.cat(alone)
+            engine.train()
+            err = (packed - alone).abs().max().item()
+            # mixing examples moves logits by O(their size); bf16 rounding alone by ~1%
+            tol = 1e-3 if self.dtype == torch.float32 else 3e-2
+            self._packs = bool(err <= tol * max(1.0, alone.abs().max().item()))
+            if not self._packs:
+                import logging
+
+                logging.getLogger(__name__).warning(
+                    "student.packing: %s does not keep packed examples apart (logits differ by %.3g); "
+                    "training on padded batches", self.scfg.model, err)
+        return self._packs
+
+    def _sum_across_ranks(self, counts: dict[str, int]) -> dict[str, int]:
+        import torch.distributed as dist
+
+        t = torch.tensor(list(counts.values()), dtype=torch.float64,
+                         device=self.engine.device if self.cuda else "cpu")
+        if dist.is_initialized() and self.world_size > 1:
+            dist.all_reduce(t)
+        return {k: int(v) for k, v in zip(counts, t.tolist())}
 
     @torch.no_grad()
     def train_loss(self, examples: list[dict], batch_size: int = 32) -> float:
@@ -216,6 +317,12 @@ class TrainerWorker:
         return self._mean_across_ranks(total, len(feats))
 
     # ------------------------------------------------------------------ the adapter
+    def trainer_state(self) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+        """Weights, AdamW moments and counters (student/trainer_state.py); a collective: every rank."""
+        if self.engine is None:
+            self._build_engine()
+        return trainer_state.capture(self.engine)
+
     def adapter_state(self) -> dict[str, torch.Tensor]:
         """The trained weights on CPU: the PEFT adapter (LoRA) or, with lora: null, every weight."""
         if self.engine is None:

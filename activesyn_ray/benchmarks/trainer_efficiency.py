@@ -1,0 +1,239 @@
+"""How close the trainer runs to what the hardware can do, side by side in ONE run:
+
+    achieved    useful FLOPs / training-loop seconds, where useful FLOPs are those on REAL tokens
+                (no padding): forward + backward through every block for each token, the output
+                head only where the loss needs a logit (a labelled position), the LoRA weights'
+                own gradients; a frozen weight's backward is its input gradient only (2x, not 4x).
+                Attention scores (under 1% at these lengths) are left out.
+    peak        a plain torch matmul with the trainer's threads, in the trainer's dtype, measured
+                in a Ray actor sized like the trainer rank right before and after the timed
+                training (sustained: the load the trainer saw), and its best single call (burst)
+    utilisation achieved / peak (on a GPU: MFU; --peak-tflops adds the datasheet figure)
+    padding     share of the positions the blocks computed that were padding
+
+Variants train the same examples from the same fresh adapter, alternating, `--repeat` times each
+(medians): `padded` (student.packing: false: right-padded rows, logits everywhere), `packed`
+(student.packing: true, the default), and, where the hardware has bf16 arithmetic (AVX-512 BF16 /
+AMX, or a GPU), `packed-bf16` (student.dtype: bfloat16) to decide whether bf16 pays: it must be
+faster AND keep the first-epoch loss within 1% of fp32's.
+
+    python -m activesyn_ray.benchmarks.trainer_efficiency --out trainer.json     # SmolLM2-135M + LoRA
+    python -m activesyn_ray.benchmarks.trainer_efficiency --num-gpus 1 --peak-tflops 989
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+from pathlib import Path
+
+# The pretrained grid's task (jobs/pretrained-cpu.yaml), inlined so the bench needs no checkout.
+LEVELS = [{"min_terms": 2, "max_terms": 2, "min_digits": 2, "max_digits": 2, "operators": ["+"],
+           "allow_parentheses": False, "allow_negation": False},
+          {"min_terms": 2, "max_terms": 2, "min_digits": 2, "max_digits": 2, "operators": ["+", "-"],
+           "allow_parentheses": False, "allow_negation": False},
+          {"min_terms": 3, "max_terms": 3, "min_digits": 2, "max_digits": 2, "operators": ["+", "-"],
+           "allow_parentheses": False, "allow_negation": False}]
+LOSS_TOLERANCE = 0.01  # a variant must keep the first-epoch loss within 1% of the baseline's
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--model", default="smollm2-135m")
+    p.add_argument("--examples", type=int, default=64, help="training examples per timed run")
+    p.add_argument("--micro", type=int, default=8, help="micro batch (pretrained-cpu: 8)")
+    p.add_argument("--max-seq-len", type=int, default=64)
+    p.add_argument("--epochs", type=int, default=1)
+    p.add_argument("--repeat", type=int, default=2, help="timed runs per variant (medians)")
+    p.add_argument("--variants", default="auto",
+                   help="comma list of padded, packed, packed-bf16; auto: bf16 only where the "
+                        "hardware has bf16 arithmetic")
+    p.add_argument("--num-cpus", type=float, default=1, help="CPUs of the trainer rank")
+    p.add_argument("--num-gpus", type=float, default=0, help="GPUs of the trainer rank")
+    p.add_argument("--peak-tflops", type=float, default=None,
+                   help="the accelerator's datasheet peak in the trainer's dtype (adds MFU vs it)")
+    p.add_argument("--out", default=None)
+    return p.parse_args(argv)
+
+
+def param_counts(model: str, lora) -> dict[str, int]:
+    """Weights the FLOPs are counted over, from the model's config on the meta device (nothing
+    loaded): linear layers of the blocks, the output head, the LoRA matrices."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from activesyn_ray.models import resolve_model
+    from activesyn_ray.student.trainer import peft_lora_config
+
+    config = AutoConfig.from_pretrained(resolve_model(model))
+    with torch.device("meta"):
+        net = AutoModelForCausalLM.from_config(config)
+        head = net.get_output_embeddings()
+        if lora is not None:
+            from peft import get_peft_model
+
+            net = get_peft_model(net, peft_lora_config(lora))
+    linear = [(n, m) for n, m in net.named_modules()
+              if isinstance(m, torch.nn.Linear) and m is not head]
+    return {"blocks": sum(m.weight.numel() for n, m in linear if "lora_" not in n),
+            "lora": sum(m.weight.numel() for n, m in linear if "lora_" in n),
+            "head": head.weight.numel()}
+
+
+def train_flops(counts: dict[str, int], *, tokens: int, head_positions: int, lora: bool) -> float:
+    """Forward 2 FLOPs per weight per token; backward 2 more for the input gradient, and 2 more
+    for the weight gradient of trained weights only."""
+    if lora:
+        return (4 * counts["blocks"] + 6 * counts["lora"]) * tokens + 4 * counts["head"] * head_positions
+    return 6 * counts["blocks"] * tokens + 6 * counts["head"] * head_positions
+
+
+def bf16_cpu() -> bool:
+    """A CPU with bf16 arithmetic (on a GPU the trainer is bf16 already: student.dtype auto)."""
+    from activesyn_ray.benchmarks.machine import describe
+
+    isa = describe(matmul=False)["isa"]
+    return isa["avx512_bf16"] or isa["amx_bf16"]
+
+
+def main(argv=None) -> dict:
+    a = parse_args(argv)
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    import ray
+
+    from activesyn_ray.actors import ActorGroup
+    from activesyn_ray.benchmarks.machine import describe, matmul_gflops
+    from activesyn_ray.config import config_from_dict
+    from activesyn_ray.runtime import worker_env
+    from activesyn_ray.student.trainer import TrainerWorker
+    from activesyn_ray.tasks import build_task
+
+    variants = a.variants.split(",") if a.variants != "auto" else \
+        ["padded", "packed"] + (["packed-bf16"] if not a.num_gpus and bf16_cpu() else [])
+    gpu = a.num_gpus > 0
+    # every variant's rank and the matmul probe stay alive side by side: on a GPU they share it
+    # (they never compute at the same time: the runs alternate)
+    share = a.num_gpus / (len(variants) + 1) if gpu else 0
+
+    def cfg_for(variant: str):
+        return config_from_dict({
+            "task": {"kind": "gym", "name": "basic_arithmetic", "levels": LEVELS,
+                     "seed_size": a.examples + 8, "test_size": 8},
+            "student": {"model": a.model, "lora": {"r": 8, "alpha": 16}, "epochs": a.epochs,
+                        "lr": 1e-3, "micro_batch_size": a.micro, "max_seq_len": a.max_seq_len,
+                        "packing": variant != "padded",
+                        "dtype": "bfloat16" if variant.endswith("bf16") else
+                        ("auto" if gpu else "float32")},
+            "resources": {"trainer": {"num_workers": 1, "num_cpus": a.num_cpus,
+                                      "num_gpus": share}},
+        })
+
+    cfg = cfg_for("packed")
+    task = build_task(cfg.task, seed=0)
+    seeds, _ = task.splits()
+    data = [{"question": e.question, "target": task.target(e)} for e in seeds]
+    warm, timed = data[:8], data[8:8 + a.examples]
+    counts = param_counts(a.model, cfg.student.lora)
+    ray.init(address="local", num_cpus=4, include_dashboard=False,
+             runtime_env={"env_vars": worker_env()}, log_to_driver=False)
+    device = "cuda" if gpu else "cpu"
+    probe = ray.remote(num_cpus=a.num_cpus, num_gpus=share)(matmul_gflops)
+    dtypes = sorted({("bfloat16" if v.endswith("bf16") or gpu else "float32") for v in variants})
+
+    def peak() -> dict[str, dict]:
+        return {dt: ray.get(probe.remote(dtype=dt, threads=max(1, int(a.num_cpus)), device=device,
+                                         sizes=(4096, 8192) if gpu else (512, 1024),
+                                         seconds=2.0)) for dt in dtypes}
+
+    results: dict = {"model": a.model, "args": vars(a), "machine": describe(matmul=False),
+                     "param_counts": counts, "peaks": [], "variants": {}}
+    groups = {}
+    try:
+        for v in variants:
+            c = cfg_for(v)
+            g = ActorGroup(TrainerWorker, name=f"bench-{v}", resources=c.resources.trainer,
+                           init_kwargs=dict(cfg=c))
+            addr, port = ray.get(g.actors[0].get_master_addr_port.remote())
+            ray.get(g.call("init_distributed", master_addr=addr, master_port=port))
+            ray.get(g.call("train", warm, round=0))  # engine build, first calls, packing check
+            groups[v] = g
+        runs: dict[str, list[dict]] = {v: [] for v in variants}
+        results["peaks"].append(peak())
+        for _ in range(a.repeat):
+            for v in variants:  # alternating: every variant sees the same spread of load
+                runs[v].append(ray.get(groups[v].call("train", timed, round=0))[0])
+            results["peaks"].append(peak())
+    finally:
+        for g in groups.values():
+            g.shutdown()
+        ray.shutdown()
+
+    base_loss = statistics.median(r["loss_first_epoch"] for r in runs[variants[0]])
+    for v in variants:
+        rs = runs[v]
+        dt = "bfloat16" if v.endswith("bf16") or gpu else "float32"
+        sustained = statistics.mean(p[dt]["gflops_sustained"] for p in results["peaks"])
+        burst = max(p[dt]["gflops_best"] for p in results["peaks"])
+        loop_s = statistics.median(r["loop_seconds"] for r in rs)
+        r0 = rs[0]  # the counts are the same in every run (same examples, same batches)
+        useful = train_flops(counts, tokens=r0["tokens"], head_positions=r0["label_tokens"],
+                             lora=cfg.student.lora is not None)
+        computed = train_flops(counts, tokens=r0["positions"],
+                               head_positions=r0["label_tokens"] if r0["packed"] else r0["positions"],
+                               lora=cfg.student.lora is not None)
+        achieved = useful / loop_s / 1e9
+        loss = statistics.median(r["loss_first_epoch"] for r in rs)
+        row = {"dtype": dt, "packed": r0["packed"], "loop_seconds": round(loop_s, 3),
+               "loop_seconds_all": [round(r["loop_seconds"], 3) for r in rs],
+               "samples_per_s": round(r0["samples"] / loop_s, 3),
+               "tokens": r0["tokens"], "positions": r0["positions"], "label_tokens": r0["label_tokens"],
+               "padding_share": round(1 - r0["tokens"] / r0["positions"], 4),
+               "useful_gflop": round(useful / 1e9, 2), "computed_gflop": round(computed / 1e9, 2),
+               "achieved_gflops": round(achieved, 2),
+               "computed_gflops": round(computed / loop_s / 1e9, 2),
+               "peak_sustained_gflops": round(sustained, 2), "peak_burst_gflops": round(burst, 2),
+               "utilisation_vs_sustained": round(achieved / sustained, 4),
+               "utilisation_vs_burst": round(achieved / burst, 4),
+               "time_split_s": {k: round(statistics.median(r[k] for r in rs), 3)
+                                for k in ("forward_s", "backward_s", "step_s")},
+               "loss_first_epoch": loss,
+               "loss_vs_baseline": round(loss / base_loss - 1, 6),
+               "speedup_vs_baseline": None}
+        if a.peak_tflops:
+            row["mfu_vs_datasheet"] = round(achieved / (a.peak_tflops * 1e3), 4)
+        results["variants"][v] = row
+    base_s = results["variants"][variants[0]]["loop_seconds"]
+    for v, row in results["variants"].items():
+        row["speedup_vs_baseline"] = round(base_s / row["loop_seconds"], 3)
+        row["within_loss_tolerance"] = abs(row["loss_vs_baseline"]) <= LOSS_TOLERANCE
+        what = "MFU" if gpu else "utilisation"
+        print(f"trainer {v}: {row['samples_per_s']:.2f} samples/s, {row['achieved_gflops']:.1f} "
+              f"GFLOP/s on real tokens = {what} {100 * row['utilisation_vs_sustained']:.1f}% of the "
+              f"{row['dtype']} matmul measured alongside ({row['peak_sustained_gflops']:.1f} GFLOP/s; "
+              f"{100 * row['utilisation_vs_burst']:.1f}% of its burst {row['peak_burst_gflops']:.1f})"
+              + (f", {100 * row['mfu_vs_datasheet']:.1f}% of the datasheet {a.peak_tflops} TFLOP/s"
+                 if a.peak_tflops else "")
+              + f"; padding {100 * row['padding_share']:.1f}%; x{row['speedup_vs_baseline']:.2f} vs "
+              f"{variants[0]}; first-epoch loss {row['loss_first_epoch']:.4f} "
+              f"({100 * row['loss_vs_baseline']:+.2f}%)", flush=True)
+    if "packed-bf16" in results["variants"]:
+        b, f = results["variants"]["packed-bf16"], results["variants"]["packed"]
+        faster = b["loop_seconds"] < f["loop_seconds"]
+        close = abs(b["loss_first_epoch"] / f["loss_first_epoch"] - 1) <= LOSS_TOLERANCE
+        results["bf16_verdict"] = {
+            "faster": faster, "speedup": round(f["loop_seconds"] / b["loop_seconds"], 3),
+            "loss_vs_fp32": round(b["loss_first_epoch"] / f["loss_first_epoch"] - 1, 6),
+            "use_bf16": faster and close}
+        print(f"trainer bf16 vs fp32 (packed): x{results['bf16_verdict']['speedup']:.2f}, "
+              f"first-epoch loss {100 * results['bf16_verdict']['loss_vs_fp32']:+.2f}%: "
+              f"{'use bf16' if faster and close else 'keep fp32'}", flush=True)
+    if a.out:
+        Path(a.out).write_text(json.dumps(results, indent=2))
+        print(f"wrote {a.out}")
+    return results
+
+
+if __name__ == "__main__":
+    main()
