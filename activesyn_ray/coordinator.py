@@ -333,11 +333,12 @@ class Coordinator:
         return self._save(state, phase=Phase.SCORED)
 
     def train(self, iteration: int, records: list[dict], settle_first=None) -> dict:
-        """Step 4: the student on every clean sample so far (parsed, not contaminated).
+        """Step 4: the student on every clean sample so far (parsed, not rejected by the verifier,
+        not contaminated).
         settle_first: scorer calls (overlapped score-synthetic) that must end before the new
         adapter reaches the scorers."""
         data = [Example.from_dict(r["example"]) for r in records
-                if r["parsed"] and not r.get("contaminated")]
+                if r["parsed"] and not r.get("rejected") and not r.get("contaminated")]
         t0 = time.perf_counter()
         if data:
             metrics = self.student.train(data, round=iteration, settle_first=settle_first)
@@ -385,6 +386,7 @@ class Coordinator:
                "judge_tokens": self.ledger.judge_tokens,
                "failed_parses": sum(not r["parsed"] for r in records),
                "contaminated": sum(bool(r.get("contaminated")) for r in records),
+               "rejected": sum(bool(r.get("rejected")) for r in records),
                "accuracy": float(np.mean(test_ok)) if test_ok else 0.0, "n_test": len(test_ok),
                "accuracy_by_stratum": {s: float(np.mean(v)) for s, v in sorted(by_stratum.items())},
                "n_test_by_stratum": {s: len(v) for s, v in sorted(by_stratum.items())},
@@ -406,7 +408,7 @@ class Coordinator:
         track(self.cfg, self.store.root, row)  # TensorBoard / W&B / MLflow (output.trackers)
         print(f"[activesyn] iteration {iteration}: samples={row['samples']} "
               f"tokens={row['teacher_tokens']} train_size={row['train_size']} "
-              f"contaminated={row['contaminated']} accuracy={row['accuracy']:.3f}", flush=True)
+              f"contaminated={row['contaminated']} rejected={row['rejected']} accuracy={row['accuracy']:.3f}", flush=True)
         return self._save(state, **{"phase": Phase.EVALUATED, "n_metrics": state["n_metrics"] + 1,
                                     "n_scores": state["n_scores"] + len(pool_rows), **changes})
 
@@ -481,7 +483,7 @@ class Coordinator:
         for rec in synthetic[state["n_synthetic"]:]:
             self.ledger.charge(rec["request_id"], prompt_tokens=rec["prompt_tokens"],
                                completion_tokens=rec["completion_tokens"], samples=1,
-                               parsed=rec["parsed"])
+                               parsed=rec["parsed"], rejected=bool(rec.get("rejected")))
         state["n_synthetic"] = len(synthetic)
         state["ledger"] = self.ledger.to_dict()
         return state
