@@ -25,6 +25,8 @@ Definitions (budget = synthetic samples; S = a strategy, B = a baseline, runs pa
     median sample score) of that iteration; *within-iteration rho* = Spearman inside each
     (run, iteration), averaged over them (n = iterations with a defined rho).
   * **Contaminated** = synthetic samples dropped for matching a test question (mean per run).
+  * Runs are grouped by task; a run whose teacher is an LLM (teacher.engine not procedural) forms
+    its own group, `TASK / teacher ENGINE:MODEL`, so a teacher comparison is never averaged away.
   * **Teacher output per iteration** (summed over a group's runs): replies = completed teacher
     requests, parsed = replies that parsed as a sample, rejected = parsed samples the task's
     verifier refused (teacher.verify: wrong or uncheckable answer), contaminated = samples matching
@@ -61,6 +63,9 @@ def _load(run_dir: Path) -> dict:
     metrics = store.read(runstore.METRICS)
     scores = [r for r in store.read(runstore.SCORES) if r.get("kind") == "synthetic"]
     task = cfg["task"].get("name") if cfg["task"].get("kind", "gym") == "gym" else cfg["task"]["kind"]
+    teacher = cfg.get("teacher") or {}
+    if teacher.get("engine", "procedural") != "procedural":  # an LLM teacher is its own group
+        task += f" / teacher {teacher['engine']}:{teacher.get('model')}"
     return {"dir": str(run_dir), "name": cfg.get("name"), "task": task,
             "strategy": cfg["selection"]["strategy"], "seed": cfg.get("seed", 0),
             "metrics": metrics, "synthetic_scores": scores,
