@@ -56,7 +56,7 @@ class MakeTeacherConfig(BaseModel):
     """Name the teacher is saved under in the model cache; `teacher.model: NAME` then loads it."""
     base: str = "smollm2-135m"
     """Model the teacher is finetuned from (any model spec, as student.model)."""
-    train_seeds: int = Field(256, gt=0)
+    train_seeds: int = Field(160, gt=0)
     """Training pairs: seeds drawn from the config's task, one procedural sample each."""
     eval_seeds: int = Field(64, gt=0)
     """Held-out seeds (never trained on) the made teacher is measured on."""
