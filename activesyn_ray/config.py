@@ -447,6 +447,9 @@ class RunConfig(_Group):
             raise ValueError(f"resources.teacher.num_workers: the teacher's replica count is "
                              f"teacher.replicas ({self.teacher.replicas}); drop "
                              f"resources.teacher.num_workers (got {self.resources.teacher.num_workers})")
+        # derived, and written so: a run's config.yaml snapshot (which holds every field) must load
+        # again with teacher.replicas > 1
+        self.resources.teacher.num_workers = self.teacher.replicas
         tp, gpus = self.teacher.vllm.tensor_parallel_size, self.resources.teacher.num_gpus
         if self.teacher.engine == "vllm" and gpus > 0 and gpus != tp:
             raise ValueError(f"resources.teacher.num_gpus: each vLLM replica holds its "
