@@ -18,6 +18,9 @@
               runs each, medians (not in the default parts: ~12 min on 2 cores; `--parts fusion`)
     memory    peak RSS per actor kind: trainer rank, scorer (hf), scorer (vllm), teacher replica;
               with `fusion`, also the coordinator, the driver and every actor of a real loop run
+    llm-teacher  a made LLM teacher (`activesyn make-teacher`) on vLLM beside the procedural
+              teacher, same seeds: completion tokens/s and kept (parsed + verified) samples/s
+              (not in the default parts: it needs the made teacher; `--parts llm-teacher`)
 
 Each part runs as its own process (its own Ray), one after another, so they never compete for the
 cores. On a GPU machine the same command gives absolute numbers (`--num-gpus 1`). Everything it runs
@@ -84,7 +87,8 @@ def loop_overhead(*, model: str, budget: int, k: int, log) -> dict:
 
 def run_bench(*, out: Path, teacher_model: str, student_model: str, prompts: int, max_new_tokens: int,
               train_examples: int, score_examples: int, loop_model: str, loop_budget: int, loop_k: int,
-              num_gpus: float, parts: list[str], log=print) -> dict:
+              num_gpus: float, parts: list[str], llm_teacher: str = "smollm2-arith-teacher",
+              log=print) -> dict:
     from activesyn_ray.benchmarks.machine import describe
 
     results: dict = {"started": time.strftime("%Y-%m-%d %H:%M:%S"), "cpu_count": os.cpu_count(),
@@ -127,6 +131,13 @@ def run_bench(*, out: Path, teacher_model: str, student_model: str, prompts: int
     if "loop" in parts:
         results["loop"] = loop_overhead(model=loop_model, budget=loop_budget, k=loop_k, log=log)
         save()
+    if "llm-teacher" in parts:
+        with tempfile.TemporaryDirectory(prefix="bench-") as tmp:
+            path = Path(tmp) / "llm_teacher.json"
+            _run([*_module("llm_teacher"), "--model", llm_teacher, "--prompts", str(2 * prompts),
+                  "--out", str(path)], log)
+            results["llm_teacher"] = json.loads(path.read_text())
+            save()
     if "fusion" in parts:
         with tempfile.TemporaryDirectory(prefix="bench-") as tmp:
             path = Path(tmp) / "fusion.json"
@@ -161,6 +172,18 @@ def summarize(r: dict) -> list[tuple[str, str, str]]:
             rows.append((f"teacher {engine} x{n}", f"{v:.1f} tok/s", t["model"]))
         rows.append(("teacher vLLM / HF", f"x{t['ratios']['vllm_over_hf_1_replica']}", "1 replica each"))
         rows.append(("teacher vLLM 2 / 1 replicas", f"x{t['ratios']['vllm_2_over_1_replicas']}", "same prompts"))
+    if lt := r.get("llm_teacher"):
+        by = {x["engine"]: x for x in lt["rows"]}
+        for x in lt["rows"]:
+            rows.append((f"teacher {x['engine']} ({x['model']})",
+                         f"{x['completion_tokens_per_s']:.1f} tok/s, "
+                         f"{x['kept_samples_per_s']:.2f} kept samples/s",
+                         f"{x['right_answer']}/{x['replies']} kept, {x['parsed']} parsed, "
+                         f"T={lt['temperature']}"))
+        if by.get("vllm", {}).get("kept_samples_per_s") and "procedural" in by:
+            rows.append(("kept samples/s, procedural / LLM teacher",
+                         f"x{by['procedural']['kept_samples_per_s'] / by['vllm']['kept_samples_per_s']:,.0f}",
+                         f"{lt['prompts']} seeds, 1 replica each"))
     if s := r.get("student"):
         t1, t2 = s.get("train_1rank"), s.get("train_2rank")
         if t1:

@@ -38,6 +38,8 @@ class Ledger:
     judge_tokens: int = 0
     requests: int = 0
     failed_parses: int = 0
+    rejected: int = 0
+    """Parsed samples the task's verifier refused (teacher.verify): paid for, never trained on."""
     charged_ids: set[str] = field(default_factory=set)
     journal: Path | None = field(default=None, repr=False)
     """Append-only file of charged ids (see module docstring); None: ids go into to_dict()."""
@@ -48,7 +50,8 @@ class Ledger:
         return self.prompt_tokens + self.completion_tokens
 
     def charge(self, request_id: str, *, prompt_tokens: int, completion_tokens: int,
-               samples: int = 0, judge: bool = False, parsed: bool = True) -> bool:
+               samples: int = 0, judge: bool = False, parsed: bool = True,
+               rejected: bool = False) -> bool:
         """Record one completed request. Returns False (and charges nothing) for a duplicate."""
         if request_id in self.charged_ids:
             return False
@@ -61,6 +64,7 @@ class Ledger:
             self.judge_tokens += prompt_tokens + completion_tokens
         self.samples += samples
         self.failed_parses += 0 if parsed else 1
+        self.rejected += int(rejected)
         return True
 
     # -- how much may still be asked for
@@ -85,7 +89,7 @@ class Ledger:
 
     # -- persistence (state.json + the journal)
     COUNTERS = ("max_samples", "max_tokens", "samples", "prompt_tokens", "completion_tokens",
-                "judge_tokens", "requests", "failed_parses")
+                "judge_tokens", "requests", "failed_parses", "rejected")
 
     def to_dict(self) -> dict:
         """The state.json entry: counters only (O(1)) when a journal is attached; the ids charged
@@ -126,7 +130,7 @@ class Ledger:
         return {"samples": self.samples, "teacher_tokens": self.tokens,
                 "prompt_tokens": self.prompt_tokens, "completion_tokens": self.completion_tokens,
                 "judge_tokens": self.judge_tokens, "requests": self.requests,
-                "failed_parses": self.failed_parses}
+                "failed_parses": self.failed_parses, "rejected": self.rejected}
 
 
 def _read_journal(path: Path, keep: int) -> list[str]:

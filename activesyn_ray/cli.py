@@ -1,4 +1,4 @@
-"""`activesyn`: run | resume | status | report | export | track | experiment | bench.
+"""`activesyn`: run | resume | status | report | export | track | experiment | bench | make-teacher.
 
     activesyn run jobs/quickstart.yaml                   # the whole loop, local Ray, CPU
     activesyn run jobs/quickstart.yaml --set budget.samples=64 --set selection.strategy=random
@@ -10,6 +10,7 @@
     activesyn track RUN                                  # metrics -> TensorBoard / W&B / MLflow
     activesyn experiment jobs/compare-cpu.yaml           # strategies x seeds x tasks, then a report
     activesyn bench                                      # throughput of every part, side by side
+    activesyn make-teacher jobs/llm-teacher-cpu.yaml --name T   # a small trained LLM teacher
 
 A RUN may be a local folder or a storage URI (output.root: s3://..., file://...).
 """
@@ -216,6 +217,56 @@ def experiment(grid: Path = typer.Argument(..., help="Experiment YAML with a `gr
         _fail(str(err))
 
 
+def _make_help(field: str) -> str:
+    from activesyn_ray.teacher.make import MakeTeacherConfig
+
+    return (MakeTeacherConfig.model_fields[field].description or "").replace("\n", " ")
+
+
+@app.command("make-teacher")
+def make_teacher(config: Path = typer.Argument(..., help="Run config whose task, generate prompt, "
+                                               "teacher sampling and resources.trainer to use."),
+                 name: str = typer.Option(..., help=_make_help("name")),
+                 base: str = typer.Option("smollm2-135m", help=_make_help("base")),
+                 train_seeds: int = typer.Option(160, help=_make_help("train_seeds")),
+                 eval_seeds: int = typer.Option(64, help=_make_help("eval_seeds")),
+                 epochs: int = typer.Option(2, help=_make_help("epochs")),
+                 lr: float = typer.Option(2e-3, help=_make_help("lr")),
+                 lora_r: int = typer.Option(16, help="LoRA rank (alpha = 2 x rank)."),
+                 micro_batch_size: int = typer.Option(8, help=_make_help("micro_batch_size")),
+                 measure_engine: str = typer.Option("vllm", help=_make_help("measure_engine")),
+                 overwrite: bool = typer.Option(False, "--overwrite", help=_make_help("overwrite")),
+                 set_: Optional[list[str]] = typer.Option(None, "--set", help="Override in CONFIG: "
+                                                          "key.path=value.")):
+    """Finetune a small LLM teacher (LoRA, DeepSpeed trainer) on the procedural teacher's samples in
+    the generate-prompt format, merge it, save it in the model cache as NAME, and measure it on
+    held-out seeds (parse rate, structure kept, right answers, tokens per kept sample)."""
+    from pydantic import ValidationError
+
+    from activesyn_ray.config import LoraConfig
+    from activesyn_ray.teacher.make import INFO, MakeTeacherConfig
+    from activesyn_ray.teacher.make import make_teacher as make
+
+    try:
+        cfg = load_config(config, set_ or [])
+        mk = MakeTeacherConfig(name=name, base=base, train_seeds=train_seeds, eval_seeds=eval_seeds,
+                               epochs=epochs, lr=lr, lora=LoraConfig(r=lora_r, alpha=2 * lora_r),
+                               micro_batch_size=micro_batch_size, measure_engine=measure_engine,
+                               overwrite=overwrite)
+        info = make(cfg, mk, log=lambda m: console.print(f"[dim]{m}[/]"))
+    except ValidationError as err:
+        _fail(f"make-teacher: {err.errors()[0]['loc'][0]}: {err.errors()[0]['msg']}")
+    except (ConfigError, FileNotFoundError, FileExistsError, ValueError, OSError) as err:
+        _fail(str(err))
+    h = info["held_out"]
+    Console().print(
+        f"{name}: {h['parsed']}/{h['replies']} held-out replies parsed ({h['parse_rate']:.0%}), "
+        f"{h['keeps_structure']} keep the seed's structure ({h['structure_rate']:.0%}), "
+        f"{h['right_answer']} with a right answer ({h['right_rate']:.0%}), "
+        f"{h['tokens_per_kept_sample']} teacher tokens per kept sample, {h['cut_off']} cut off; "
+        f"details in {info['folder']}/{INFO}", highlight=False)
+
+
 @app.command()
 def bench(out: Path = typer.Option(Path("bench.json"), help="JSON with every measurement."),
           teacher_model: str = typer.Option("smollm2-135m", help="Teacher model for vLLM vs HF."),
@@ -227,7 +278,9 @@ def bench(out: Path = typer.Option(Path("bench.json"), help="JSON with every mea
           num_gpus: float = typer.Option(0, help="GPUs per student actor (0 on CPU)."),
           parts: str = typer.Option("teacher,student,trainer,loop",
                                     help="Comma list of parts: teacher, student, trainer, loop, "
-                                         "growth, fusion.")):
+                                         "growth, fusion, llm-teacher."),
+          llm_teacher: str = typer.Option("smollm2-arith-teacher", help="Made teacher (activesyn "
+                                          "make-teacher) timed by --parts llm-teacher.")):
     """Throughput side by side: vLLM vs HF, replicas, scorer shards, trainer ranks and their
     utilisation of the hardware, sync bytes, orchestration overhead, training cost growth; with the
     machine it ran on. Prints a table and writes JSON."""
@@ -239,7 +292,7 @@ def bench(out: Path = typer.Option(Path("bench.json"), help="JSON with every mea
                     max_new_tokens=max_new_tokens, train_examples=train_examples,
                     score_examples=score_examples, loop_model=loop_model, loop_budget=loop_budget,
                     loop_k=loop_k, num_gpus=num_gpus, parts=parts.split(","),
-                    log=lambda m: console.print(f"[dim]{m}[/]"))
+                    llm_teacher=llm_teacher, log=lambda m: console.print(f"[dim]{m}[/]"))
     table = Table(title=f"activesyn bench ({res['cpu_count']} CPUs, load {res['loadavg_1m_start']} -> "
                         f"{res['loadavg_1m_end']})")
     for col in ("figure", "value", "compared with / on"):

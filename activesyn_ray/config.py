@@ -282,6 +282,12 @@ class TeacherConfig(_Group):
     replica is taken as hung: killed and replaced like a dead one, its requests retried elsewhere
     (first answer wins, charged once). Size it above your slowest honest micro-batch:
     micro_batch_size x max_new_tokens at your engine's speed (Serve: 2x this per call)."""
+    verify: bool = False
+    """Check every parsed sample's answer with the task's verifier (`Task.verify`: basic_arithmetic
+    and chain_sum compute the question's expression exactly) and leave the wrong ones, and those
+    it cannot check, out of training; they are still charged and counted (`rejected` in
+    synthetic.jsonl, the ledger, metrics and the report). A task without a verifier refuses to
+    start with this on."""
     generate_prompt: str | None = None
     """Path to a template replacing the packaged 'write a new question' prompt."""
     judge_prompt: str | None = None
@@ -470,6 +476,9 @@ class RunConfig(_Group):
             raise ValueError(f"resources.teacher.num_workers: the teacher's replica count is "
                              f"teacher.replicas ({self.teacher.replicas}); drop "
                              f"resources.teacher.num_workers (got {self.resources.teacher.num_workers})")
+        # derived, and written so: a run's config.yaml snapshot (which holds every field) must load
+        # again with teacher.replicas > 1
+        self.resources.teacher.num_workers = self.teacher.replicas
         tp, gpus = self.teacher.vllm.tensor_parallel_size, self.resources.teacher.num_gpus
         if self.teacher.engine == "vllm" and gpus > 0 and gpus != tp:
             raise ValueError(f"resources.teacher.num_gpus: each vLLM replica holds its "

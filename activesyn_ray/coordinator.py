@@ -347,14 +347,15 @@ class Coordinator:
 
     def train(self, iteration: int, records: list[dict], settle_first=None,
               new_from: int | None = None) -> dict:
-        """Step 4: the student on every clean sample so far (parsed, not contaminated), or with
+        """Step 4: the student on every clean sample so far (parsed, not rejected by the verifier,
+        not contaminated), or with
         restart_each_round: false on this round's clean samples + a replay share of older ones
         (student/replay.py). new_from: index in `records` where this round's samples start
         (static's prefixes); by default the records of this iteration.
         settle_first: scorer calls (overlapped score-synthetic) that must end before the new
         adapter reaches the scorers."""
         clean = [(i, Example.from_dict(r["example"])) for i, r in enumerate(records)
-                 if r["parsed"] and not r.get("contaminated")]
+                 if r["parsed"] and not r.get("rejected") and not r.get("contaminated")]
         data, replayed = [e for _, e in clean], 0
         if not self.cfg.student.restart_each_round:
             is_new = (lambda i: i >= new_from) if new_from is not None else \
@@ -412,6 +413,7 @@ class Coordinator:
                "judge_tokens": self.ledger.judge_tokens,
                "failed_parses": sum(not r["parsed"] for r in records),
                "contaminated": sum(bool(r.get("contaminated")) for r in records),
+               "rejected": sum(bool(r.get("rejected")) for r in records),
                "accuracy": float(np.mean(test_ok)) if test_ok else 0.0, "n_test": len(test_ok),
                "accuracy_by_stratum": {s: float(np.mean(v)) for s, v in sorted(by_stratum.items())},
                "n_test_by_stratum": {s: len(v) for s, v in sorted(by_stratum.items())},
@@ -523,7 +525,7 @@ class Coordinator:
         for rec in synthetic[state["n_synthetic"]:]:
             self.ledger.charge(rec["request_id"], prompt_tokens=rec["prompt_tokens"],
                                completion_tokens=rec["completion_tokens"], samples=1,
-                               parsed=rec["parsed"])
+                               parsed=rec["parsed"], rejected=bool(rec.get("rejected")))
         state["n_synthetic"] = len(synthetic)
         state["ledger"] = self.ledger.to_dict()
         return state

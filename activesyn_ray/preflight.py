@@ -6,6 +6,7 @@ starts, each naming the field and an example.
     shorter than some full reference targets (worked solution + answer) -> warning with the count;
   * `student.max_seq_len` shorter than prompt + target of some examples: training truncates them
     -> warning with the count and the longest;
+  * `teacher.verify` on a task without a verifier (`Task.cannot_verify`) -> error;
   * a procedural level whose question space is too small for its share of seeds + held-out +
     synthetic samples: samples repeat questions heavily (and held-out ones must be redrawn)
     -> warning with the numbers.
@@ -103,8 +104,15 @@ def check_seed_like(cfg: RunConfig, task: Task) -> list[str]:
     return out
 
 
+def check_verifier(cfg: RunConfig, task: Task) -> None:
+    """teacher.verify on a task that cannot check its answers: refuse, saying why."""
+    if cfg.teacher.verify and (why := task.cannot_verify()):
+        raise ConfigError(f"teacher.verify: {why}; or set teacher.verify: false")
+
+
 def preflight(cfg: RunConfig, task: Task, seeds: list[Example], held_out: list[Example]) -> list[str]:
     """All checks; raises ConfigError on a fatal one, logs and returns the warnings."""
+    check_verifier(cfg, task)
     warnings = check_lengths(cfg, task, seeds, held_out) + check_question_space(cfg, task) + \
         check_seed_like(cfg, task)
     for w in warnings:

@@ -25,6 +25,12 @@ Definitions (budget = synthetic samples; S = a strategy, B = a baseline, runs pa
     median sample score) of that iteration; *within-iteration rho* = Spearman inside each
     (run, iteration), averaged over them (n = iterations with a defined rho).
   * **Contaminated** = synthetic samples dropped for matching a test question (mean per run).
+  * Runs are grouped by task; a run whose teacher is an LLM (teacher.engine not procedural) forms
+    its own group, `TASK / teacher ENGINE:MODEL`, so a teacher comparison is never averaged away.
+  * **Teacher output per iteration** (summed over a group's runs): replies = completed teacher
+    requests, parsed = replies that parsed as a sample, rejected = parsed samples the task's
+    verifier refused (teacher.verify: wrong or uncheckable answer), contaminated = samples matching
+    a held-out question, kept = the rest, the samples the student trains on.
 """
 
 from __future__ import annotations
@@ -57,9 +63,42 @@ def _load(run_dir: Path) -> dict:
     metrics = store.read(runstore.METRICS)
     scores = [r for r in store.read(runstore.SCORES) if r.get("kind") == "synthetic"]
     task = cfg["task"].get("name") if cfg["task"].get("kind", "gym") == "gym" else cfg["task"]["kind"]
+    teacher = cfg.get("teacher") or {}
+    if teacher.get("engine", "procedural") != "procedural":  # an LLM teacher is its own group
+        task += f" / teacher {teacher['engine']}:{teacher.get('model')}"
     return {"dir": str(run_dir), "name": cfg.get("name"), "task": task,
             "strategy": cfg["selection"]["strategy"], "seed": cfg.get("seed", 0),
-            "metrics": metrics, "synthetic_scores": scores}
+            "metrics": metrics, "synthetic_scores": scores,
+            "teacher_counts": teacher_counts(store.read(runstore.SYNTHETIC))}
+
+
+TEACHER_COUNTS = ("replies", "parsed", "rejected", "contaminated", "kept")
+
+
+def teacher_counts(records: list[dict]) -> dict[int, dict[str, int]]:
+    """Per iteration: what the teacher's replies became (module docstring), from synthetic.jsonl."""
+    out: dict[int, dict[str, int]] = {}
+    for r in records:
+        c = out.setdefault(int(r["iteration"]), dict.fromkeys(TEACHER_COUNTS, 0))
+        bad = [not r["parsed"], bool(r.get("rejected")), bool(r.get("contaminated"))]
+        c["replies"] += 1
+        c["parsed"] += not bad[0]
+        c["rejected"] += bad[1]
+        c["contaminated"] += bad[2]
+        c["kept"] += not any(bad)
+    return out
+
+
+def teacher_table(groups: dict[tuple[str, str], list[dict]]) -> list[dict]:
+    """One row per (task, strategy, iteration), counts summed over the group's runs."""
+    rows = []
+    for (task, strategy), runs in sorted(groups.items()):
+        its = sorted({it for r in runs for it in r["teacher_counts"]})
+        for it in its:
+            have = [r["teacher_counts"][it] for r in runs if it in r["teacher_counts"]]
+            rows.append({"task": task, "strategy": strategy, "iteration": it, "runs": len(have),
+                         **{k: sum(c[k] for c in have) for k in TEACHER_COUNTS}})
+    return rows
 
 
 def _slug(text: str) -> str:
@@ -477,6 +516,11 @@ def write_report(run_dirs: list[str | Path], out: str | Path) -> dict:
                        [[r["task"], r["strategy"], _fmt_ci(r["auc"]),
                          _fmt_ci(r.get("auc_diff_vs_random")), _fmt_ci(r.get("auc_diff_vs_static"))]
                         for r in rows])]
+    teacher_rows = teacher_table(groups)
+    md += ["", "## Teacher output per iteration (summed over runs)", "",
+           *_table(["task", "strategy", "iteration", "runs", *TEACHER_COUNTS],
+                   [[r["task"], r["strategy"], r["iteration"], r["runs"],
+                     *(r[k] for k in TEACHER_COUNTS)] for r in teacher_rows])]
     md += ["", "## Seed-vs-synthetic rank correlation", "",
            *_table(["task", "strategy", "dataset-level rho (points)", "within-iteration rho (n)"],
                    [[r["task"], r["strategy"],
@@ -494,7 +538,8 @@ def write_report(run_dirs: list[str | Path], out: str | Path) -> dict:
     def jsonable(m: np.ndarray):
         return [[None if np.isnan(v) else float(v) for v in row] for row in m]
 
-    summary = {"runs": [r["dir"] for r in runs], "table": rows, "strategies": strategies,
+    summary = {"runs": [r["dir"] for r in runs], "table": rows, "teacher": teacher_rows,
+               "strategies": strategies,
                "win_rate": jsonable(wr),
                "win_rate_per_task": {t: jsonable(m) for t, m in per_task_wr.items()},
                "plots": pngs}

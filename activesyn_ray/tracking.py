@@ -32,7 +32,8 @@ SCALARS = {"accuracy": "accuracy/overall", "val_accuracy": "accuracy/val",
            "train_loss_first": "loss/train_first_epoch", "train_loss_last": "loss/train_last_epoch",
            "samples": "budget/samples", "teacher_tokens": "budget/teacher_tokens",
            "judge_tokens": "budget/judge_tokens", "failed_parses": "budget/failed_parses",
-           "contaminated": "budget/contaminated", "train_size": "data/train_size",
+           "contaminated": "budget/contaminated", "rejected": "budget/rejected",
+           "train_size": "data/train_size",
            "iteration": "loop/iteration", "wall_s": "time/iteration_s",
            "train_s": "time/train_s", "eval_s": "time/eval_s"}
 # metrics row key -> tag prefix (dict columns, one scalar per key)

@@ -79,3 +79,18 @@ def test_grid_errors_name_the_run_field(tmp_path):
     grid.write_text("name: g\nbase: base.yaml\noverrides: {budget.samples: 0}\n")
     with pytest.raises(ConfigError, match="budget.samples: must be > 0"):
         load_experiment(grid)
+
+
+def test_a_run_snapshot_with_several_teacher_replicas_loads_again(tmp_path):
+    """The run directory's config.yaml holds every field, resources.teacher.num_workers too: with
+    teacher.replicas 2 it used to say 1, and the coordinator refused its own snapshot."""
+    from activesyn_ray.config import dump_config
+
+    cfg = load_config(ROOT / "jobs" / "quickstart.yaml", ["teacher.replicas=2"])
+    snap = tmp_path / "config.yaml"
+    snap.write_text(dump_config(cfg))
+    again = load_config(snap)
+    assert again.resources.teacher.num_workers == again.teacher.replicas == 2
+    assert again.fingerprint() == cfg.fingerprint()
+    with pytest.raises(ConfigError, match="drop resources.teacher.num_workers"):
+        load_config(snap, ["teacher.replicas=3"])

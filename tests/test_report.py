@@ -194,3 +194,34 @@ def test_experiment_grid_cells_primary_first_and_narrowed(tmp_path):
     assert [c for c in cells if c[1] == "p2-level"] == [(0, "p2-level", "random"), (0, "p2-level", "loss")]
     over = {(s, t, st): o for s, t, st, o in g.cells()}
     assert over[(0, "p2-level", "loss")] == {"teacher.procedural.like": "level"}  # reserved keys gone
+
+
+def test_llm_teacher_runs_are_their_own_group_with_teacher_counts_per_iteration(tmp_path):
+    """A run whose teacher is an LLM is never averaged with the procedural teacher's runs; the
+    per-iteration teacher table counts replies, parsed, rejected, contaminated and kept."""
+    proc = _run(tmp_path, "random", 0, [0.1, 0.2])
+    cfg = load_config(None, ["selection.strategy=random", "name=t", "teacher.engine=vllm",
+                             "teacher.model=my-teacher", "teacher.verify=true"])
+    store = runstore.RunStore(tmp_path / "llm").create(dump_config(cfg))
+    store.save_state({"phase": "done"})
+    store.append(runstore.METRICS, [{"iteration": i, "samples": 10 * i, "accuracy": 0.1 * i,
+                                     "teacher_tokens": 100 * i}
+                                    for i in (1, 2)])
+
+    def rec(it, parsed=True, rejected=None, contaminated=None):
+        return {"iteration": it, "parsed": parsed, "rejected": rejected,
+                "contaminated": contaminated}
+
+    store.append(runstore.SYNTHETIC, [rec(1), rec(1, parsed=False), rec(1, rejected="wrong answer"),
+                                      rec(2), rec(2), rec(2, contaminated="exact"),
+                                      rec(2, rejected="cannot verify")])
+    summary = write_report([proc, store.root], tmp_path / "report")
+    assert {r["task"] for r in summary["table"]} == \
+        {"basic_arithmetic", "basic_arithmetic / teacher vllm:my-teacher"}
+    rows = {r["iteration"]: r for r in summary["teacher"] if "my-teacher" in r["task"]}
+    assert {k: rows[1][k] for k in ("replies", "parsed", "rejected", "contaminated", "kept")} == \
+        {"replies": 3, "parsed": 2, "rejected": 1, "contaminated": 0, "kept": 1}
+    assert {k: rows[2][k] for k in ("replies", "parsed", "rejected", "contaminated", "kept")} == \
+        {"replies": 4, "parsed": 4, "rejected": 1, "contaminated": 1, "kept": 2}
+    md = (tmp_path / "report" / "report.md").read_text()
+    assert "| basic_arithmetic / teacher vllm:my-teacher | random | 2 | 1 | 4 | 4 | 1 | 1 | 2 |" in md

@@ -34,9 +34,12 @@ def fit(prompt: list[int], answer: list[int], max_len: int) -> tuple[list[int], 
 
 
 def encode(tokenizer, example: dict, max_len: int) -> tuple[list[int], list[int]]:
-    """One `{"question", "target"}` dict -> (input_ids, labels) with the prompt masked."""
-    p, a = fit(prompt_ids(tokenizer, example["question"]), answer_ids(tokenizer, example["target"]),
-               max_len)
+    """One `{"question", "target"}` dict -> (input_ids, labels) with the prompt masked. A dict with
+    `prompt_ids` instead of `question` brings its prompt already tokenized (a teacher's chat-wrapped
+    generate prompt, teacher/make.py)."""
+    prompt = example["prompt_ids"] if "prompt_ids" in example else \
+        prompt_ids(tokenizer, example["question"])
+    p, a = fit(list(prompt), answer_ids(tokenizer, example["target"]), max_len)
     return p + a, [IGNORE] * len(p) + a
 
 

@@ -96,6 +96,19 @@ class Task:
     def check_completion(self, example: Example, completion: str) -> bool:
         return self.check(example, extract_answer(completion))
 
+    # -- verifier (teacher.verify)
+    def verify(self, example: Example) -> bool | None:
+        """Whether a teacher sample's written answer is right, computed from its question alone:
+        True / False, or None when this sample cannot be checked (then teacher.verify drops it
+        too). A task with a verifier overrides this and `cannot_verify`."""
+        raise NotImplementedError(self.cannot_verify())
+
+    def cannot_verify(self) -> str | None:
+        """Why this task (with its config) has no verifier, or None when `verify` works; checked
+        at start-up when teacher.verify is on."""
+        return f"task {self.name} has no verifier (a Task subclass provides one by overriding " \
+               f"Task.verify and Task.cannot_verify)"
+
     # -- procedural teacher support
     def generate_like(self, example: Example, *, seed: int) -> Example:
         raise NotImplementedError(f"task {self.name} has no generator; use an LLM teacher")

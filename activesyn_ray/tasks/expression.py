@@ -1,5 +1,6 @@
-"""Linear arithmetic expressions (`12 + 7 - 30`): safe parsing, the generators' answer, and a new
-expression with the SAME structure as a given one (the procedural teacher's `like: seed`).
+"""Linear arithmetic expressions (`12 + 7 - 30`): safe parsing (also out of a question's text, for
+the verifier `GymTask.verify`), the generators' answer, and a new expression with the SAME
+structure as a given one (the procedural teacher's `like: seed`).
 
 reasoning-gym's `basic_arithmetic` (without parentheses) and `chain_sum` write questions around an
 expression of integers joined by `+ - * /`, and compute its value LEFT TO RIGHT (`3 + 4 * 5` is 35
@@ -27,6 +28,8 @@ import re
 
 _TOKEN = re.compile(r"\s*(-?\d+|[-+*/])")
 OPS = frozenset("+-*/")
+# An expression inside free text: not starting inside a word or number, not ending in a decimal.
+_IN_TEXT = re.compile(r"(?<![\w.])-?\d+(?:\s*[-+*/]\s*-?\d+)+(?![\w.]*\d)")
 
 
 def parse(expression: str) -> tuple[list[int], list[str]] | None:
@@ -53,6 +56,14 @@ def parse(expression: str) -> tuple[list[int], list[str]] | None:
     if not all(re.fullmatch(r"-?\d+", o) for o in operands) or not all(o in OPS for o in ops):
         return None
     return [int(o) for o in operands], ops
+
+
+def find(text: str) -> tuple[list[int], list[str]] | None:
+    """The one linear expression written in a question (`Calculate 12 + 7.`, `... problem: 4 - 1 =`),
+    parsed; None when the text holds none, or several (which one is asked would be a guess)."""
+    found = [parse(m.group(0)) for m in _IN_TEXT.finditer(text or "")]
+    found = [f for f in found if f is not None]
+    return found[0] if len(found) == 1 else None
 
 
 def render(operands: list[int], ops: list[str]) -> str:

@@ -14,7 +14,8 @@ import json
 import reasoning_gym
 
 from activesyn_ray.tasks import expression
-from activesyn_ray.tasks.base import ANSWER_MARK, Example, Task, split_disjoint
+from activesyn_ray.tasks.base import (ANSWER_MARK, Example, Task, normalize_number,
+                                       split_disjoint)
 
 _TEST_SEED_OFFSET = 1_000_003  # test instances come from a different generator seed than seeds
 SEED_LIKE_DATASETS = frozenset({"basic_arithmetic", "chain_sum"})
@@ -109,6 +110,29 @@ class GymTask(Task):
             return float(scorer.score_answer(predicted.strip(), entry)) >= 0.99
         except Exception:  # a malformed expression from the student is simply wrong
             return False
+
+    def cannot_verify(self) -> str | None:
+        """The verifier reads a linear expression (tasks/expression.py) and computes it left to right,
+        as reasoning-gym's `basic_arithmetic` (without parentheses) and `chain_sum` do."""
+        if other := [d for d in self.datasets if d not in SEED_LIKE_DATASETS]:
+            return (f"task {self.name}: no verifier for {', '.join(other)} (only linear arithmetic "
+                    f"expressions: {', '.join(sorted(SEED_LIKE_DATASETS))})")
+        if "basic_arithmetic" in self.datasets:
+            nested = [i for i, lv in enumerate(self.levels) if lv.get("allow_parentheses", True)]
+            if nested:  # reasoning-gym then computes with Python precedence, not left to right
+                return (f"task.levels[{nested[0]}]: allow_parentheses is on (reasoning-gym's "
+                        f"default); the verifier checks linear expressions only: set "
+                        f"allow_parentheses: false")
+        return None
+
+    def verify(self, example: Example) -> bool | None:
+        """The one expression in the question, computed exactly (parsed, never eval'd), against the
+        written answer; None when the question holds no expression or several."""
+        found = expression.find(example.question)
+        if found is None:
+            return None
+        value = expression.evaluate(*found)  # None: a division with no integer result
+        return value is not None and normalize_number(example.answer) == str(value)
 
     def seed_like_support(self) -> list[str]:
         """The datasets of this task whose seeds `like: seed` can follow (the rest use `level`)."""

@@ -9,7 +9,9 @@ Budget: before anything is sent, each request is given a worst-case cost (its pr
 teacher's tokenizer counts them + max_new_tokens) and requests are admitted in order while samples
 and tokens left in the ledger cover them; the rest are not issued. Every request that completes is
 charged to the ledger exactly once (by request id), parsed or not; a request whose retries all failed
-is not charged (no completion came back).
+is not charged (no completion came back). With teacher.verify each parsed sample is checked by the
+task's verifier as it lands (`Task.verify`): a refused one keeps its record (`rejected`: the
+reason), is charged and counted (ledger.rejected), and the coordinator never trains on it.
 
 Request ids are deterministic (`gen-{iteration}-{seed.id}`, `judge-{iteration}-{example.id}`), and so
 is each request's sampling seed (hash of run seed + id): a retried or resumed request asks for the
@@ -74,7 +76,7 @@ class TeacherPool:
         self._judge_backend = None
         self.judge_counter = self.counter if self.judge_cfg is cfg else PromptCounter(self.judge_cfg)
         self._stats = {"issued": 0, "not_affordable": 0, "too_long": 0, "duplicates": 0,
-                       "failed_parses": 0, "judge_failed_parses": 0}
+                       "failed_parses": 0, "judge_failed_parses": 0, "rejected": 0}
         self._grades: dict[str, float] = {}
 
     def _make_backend(self, cfg):
@@ -159,6 +161,14 @@ class TeacherPool:
                    "teacher": self.engine}
         return ex
 
+    def _rejection(self, ex: Example | None) -> str | None:
+        """teacher.verify: why the task's verifier refuses a parsed sample, None when it accepts
+        it (or verify is off, or nothing parsed)."""
+        if ex is None or not self.cfg.teacher.verify:
+            return None
+        verdict = self.task.verify(ex)
+        return None if verdict else ("wrong answer" if verdict is False else "cannot verify")
+
     def generate(self, seeds: list[Example], *, iteration: int) -> list[dict]:
         """One synthetic sample per seed, in seed order, for as many seeds as the budget allows.
         Unparsed outputs are included with parsed False (and `raw`, the start of the text)."""
@@ -169,14 +179,17 @@ class TeacherPool:
                 for s in seeds if self._fresh(rid := f"gen-{iteration}-{s.id}", seen)]
         reqs = self._admit([r for r in reqs if r is not None], samples_each=1)
         samples: dict[str, Example | None] = {}
+        rejected: dict[str, str | None] = {}
 
         def charge(req: TeacherRequest, comp: Completion) -> None:
             samples[req.id] = ex = self._sample(req, comp, iteration)
+            rejected[req.id] = why = self._rejection(ex)
             if ex is None:
                 self._stats["failed_parses"] += 1
+            self._stats["rejected"] += why is not None
             self.ledger.charge(req.id, prompt_tokens=comp.prompt_tokens,
                                completion_tokens=comp.completion_tokens, samples=1,
-                               parsed=ex is not None)
+                               parsed=ex is not None, rejected=why is not None)
 
         done = self.backend.run(reqs, on_result=charge) if reqs else {}
         records = []
@@ -187,6 +200,7 @@ class TeacherPool:
             rec = {"request_id": req.id, "seed_id": req.example["id"], "iteration": iteration,
                    "engine": self.engine, "model": self.model, "prompt_tokens": comp.prompt_tokens,
                    "completion_tokens": comp.completion_tokens, "parsed": ex is not None,
+                   "rejected": rejected[req.id],
                    "example": ex.to_dict() if ex is not None else None}
             if ex is None:
                 rec["raw"] = comp.text[:RAW_KEEP_CHARS]
