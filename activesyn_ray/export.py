@@ -37,6 +37,8 @@ COLUMNS = {
     "solution": pa.string(),
     "parsed": pa.bool_(),
     "raw": pa.string(),             # start of the teacher's text when it did not parse
+    "rejected": pa.string(),        # why the task's verifier refused it (teacher.verify), else null
+    "contaminated": pa.string(),    # how it matched a held-out question, else null
     "stratum": pa.string(),         # tasks.stratum() of the sample (else of its seed)
     "seed_id": pa.string(),
     "seed_question": pa.string(),
@@ -72,6 +74,9 @@ def synthetic_rows(run_dir: str | Path) -> list[dict]:
             "solution": ex.solution if ex else None,
             "parsed": bool(rec.get("parsed")),
             "raw": rec.get("raw"),
+            # never trained on: a user training on the export should drop these too
+            "rejected": rec.get("rejected"),
+            "contaminated": rec.get("contaminated"),
             "stratum": stratum(ex) if ex and stratum(ex) != "all" else
                        (stratum(seed) if seed else "all"),
             "seed_id": rec["seed_id"],

@@ -121,7 +121,7 @@ def _fake_run(root: Path, *, model: str = "tiny") -> Path:
         {"id": "s2", "question": "2+5=?", "answer": "7", "meta": {"stratum": "hard"}}])
     syn = [{"request_id": "gen-1-s1", "seed_id": "s1", "iteration": 1, "engine": "hf",
             "model": "smollm2-135m", "prompt_tokens": 40, "completion_tokens": 12, "parsed": True,
-            "seed_score": 1.5, "seed_index": 0,
+            "seed_score": 1.5, "seed_index": 0, "rejected": "wrong answer", "contaminated": None,
             "example": {"id": "gen-1-s1", "question": "3+4=?", "answer": "7", "solution": "3+4 is 7",
                         "meta": {"seed_id": "s1", "iteration": 1, "teacher": "hf"}}},
            {"request_id": "gen-2-s2", "seed_id": "s2", "iteration": 2, "engine": "hf",
@@ -150,6 +150,7 @@ def test_export_round_trips_through_load_from_disk(tmp_path):
             first["teacher"], first["prompt_tokens"], first["stratum"], first["strategy"]) == \
         ("s1", 1, 1.5, 0.9, "hf", 40, "0", "loss")
     assert second["parsed"] is False and second["question"] is None and second["stratum"] == "hard"
+    assert (first["rejected"], first["contaminated"], second["rejected"]) == ("wrong answer", None, None)
 
 
 def test_export_sft_layouts_are_what_trl_sfttrainer_trains_on(tmp_path):
