@@ -234,8 +234,8 @@ def test_merged_model_answers_like_base_plus_adapter(tmp_path):
 CHATTER = ("Loading weights", "Writing model shards", "real_accelerator", "Token authentication",
            "Started a local Ray", "repeated", "WARNING", "autoscaler", "(pid=", "Traceback")
 # Every line the console may print for a run (console.py, cli.py); anything else is a leak.
-OUR_LINES = re.compile(r"^(run directory: |library output |starting Ray |Ray ready |loading the "
-                       r"student |trainer ready |starting \d+ teacher |teacher and scorers ready |"
+OUR_LINES = re.compile(r"^(run directory: |library output |starting Ray |Ray ready |the run reserves |"
+                       r"loading the student |trainer ready |starting \d+ teacher |teacher and scorers ready |"
                        r"evaluating the starting student |iteration \d+( \(the starting student\))?: "
                        r"samples |final accuracy: |  by level: |report: |plot: |next: )")
 SMALL = ["budget.samples=8", "selection.k=4", "task.seed_size=8", "task.test_size=4",
@@ -323,7 +323,7 @@ def test_console_in_a_terminal_says_what_it_does_and_nothing_else(tmp_path):
                ACTIVESYN_CACHE=str(tmp_path / "fresh-cache"))
     code, out = _run_in_a_terminal(_tiny_cli(run_dir, SMALL), env, timeout=900)
     assert code == 0, out[-3000:]
-    for phase in ("starting Ray (local, 3 CPUs)", "Ray ready", "loading the student (tiny:h=128,l=2",
+    for phase in ("starting Ray (local, 2 CPUs)", "Ray ready", "loading the student (tiny:h=128,l=2",
                   "1 trainer rank (DeepSpeed ZeRO-2), 2 scorer shards (hf)", "trainer ready",
                   "starting 1 teacher replica (procedural", "teacher and scorers ready",
                   "evaluating the starting student on 4 test questions"):
