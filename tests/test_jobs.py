@@ -240,7 +240,7 @@ def test_readme_commands_verbatim(head):
           f"rc {proc.returncode}")
     assert proc.returncode == 0, log[-4000:]
     assert re.search(r"Job '\S+' succeeded", log), log[-4000:]
-    assert "the run reserves 2 CPUs (trainer 1 + scorers 1 x 0.75 + teacher 0.25); the cluster " \
+    assert "the run reserves 2 CPUs (trainer 1 + scorers 0.75 + teacher 0.25); the cluster " \
            "(1 node) has" in log, log[-4000:]
     runs = list((head.runs / "runs").glob("quickstart-*"))
     assert len(runs) == 1, log[-4000:]
