@@ -194,7 +194,6 @@ def experiment(grid: Path = typer.Argument(..., help="Experiment YAML with a `gr
                verbose: bool = typer.Option(False, "--verbose", "-v", help=VERBOSE_HELP)):
     """Run a grid of tasks x strategies x seeds (skipping finished runs), then write the report."""
     from activesyn_ray.experiment import run_experiment
-
     from activesyn_ray.placement import PlacementError
 
     try:
