@@ -246,6 +246,8 @@ def init_ray(resources_cfg, *, log_to_driver: bool = True) -> None:
     if "HF_HUB_CACHE" in env:  # resources.model_cache: the driver resolves models there too
         os.environ["HF_HUB_CACHE"] = env["HF_HUB_CACHE"]
     address = resources_cfg.ray_address or os.environ.get("RAY_ADDRESS")
+    global _started_local
+    _started_local = not address
     kwargs = dict(runtime_env={"env_vars": env}, log_to_driver=log_to_driver,
                   include_dashboard=False if not address else None)
     if address:
@@ -255,7 +257,5 @@ def init_ray(resources_cfg, *, log_to_driver: bool = True) -> None:
         # `ray start` head already running on this machine.
         with _agent_port_chosen_by_os():
             ray.init(address="local", num_cpus=resources_cfg.local_num_cpus, **kwargs)
-        global _started_local
-        _started_local = True
     if _run_log is not None and not getattr(_run_log, "verbose", False) and log_to_driver:
         _route_worker_output()

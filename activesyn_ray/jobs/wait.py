@@ -8,8 +8,9 @@
 fails with "No available agent to submit job, please try again later" for tens of seconds on a busy
 machine (Ray answers no API call about the agent). So this submits what `ray job submit` would --
 to the same address (ADDRESS, else RAY_ADDRESS, else the local head, as the Jobs CLI resolves it)
--- a no-op job (`true`), until it is accepted; it then waits for that job to end and deletes it,
-so `ray job list` shows only your jobs.
+-- a no-op job (`echo ...`), until one is accepted, and waits for it to end. That job stays in
+`ray job list` (metadata `activesyn: wait-for-head`): deleting it right after it ends races Ray's
+job monitor, which then re-creates it as FAILED ("Entrypoint not found", seen on Ray 2.60).
 """
 
 from __future__ import annotations
@@ -19,12 +20,13 @@ import sys
 import time
 
 RETRY_S = 2.0
+PROBE = "echo 'activesyn_ray.jobs.wait: this head accepts jobs'"
 
 
 def wait_for_head(address: str | None = None, *, timeout_s: float = 300,
                   log=lambda msg: None) -> float:
-    """Seconds it took until the head at `address` accepted and ran a no-op job; TimeoutError with
-    the last error after `timeout_s`."""
+    """Seconds it took until the head at `address` accepted a no-op job and ran it to its end;
+    TimeoutError with the last error after `timeout_s`."""
     from ray.job_submission import JobStatus, JobSubmissionClient
 
     t0 = time.monotonic()
@@ -32,7 +34,7 @@ def wait_for_head(address: str | None = None, *, timeout_s: float = 300,
     while time.monotonic() - t0 < timeout_s:
         try:
             client = JobSubmissionClient(address)  # raises while the dashboard is not up
-            job = client.submit_job(entrypoint="true", metadata={"activesyn": "wait-for-head"})
+            job = client.submit_job(entrypoint=PROBE, metadata={"activesyn": "wait-for-head"})
         except Exception as err:  # connection refused, "No available agent ...", auth, ...
             text = " ".join(str(err).split())
             if text != last:
@@ -46,7 +48,6 @@ def wait_for_head(address: str | None = None, *, timeout_s: float = 300,
                 raise TimeoutError(f"the head accepted a no-op job ({job}) but did not finish it "
                                    f"within {timeout_s:g}s")
             time.sleep(0.5)
-        client.delete_job(job)
         return time.monotonic() - t0
     raise TimeoutError(f"no Ray head accepted a job within {timeout_s:g}s; last error: {last[:300]}")
 
