@@ -224,11 +224,15 @@ class ScorerWorker:
         path (the fused call), instead of decoding here."""
         p = self._plan(needs)
         rows: list[dict] = [{} for _ in examples]
+        # tokenized once for the greedy decode and the sampled answers alike
+        if decoded is not None:
+            prompts = decoded[0]
+        elif p.decode or p.sample:
+            prompts = [prompt_ids(self.tokenizer, ex["question"]) for ex in examples]
         if p.decode:
             if decoded is not None:
-                prompts, answers, losses = decoded
+                _, answers, losses = decoded
             else:
-                prompts = [prompt_ids(self.tokenizer, ex["question"]) for ex in examples]
                 answers, losses = self._greedy(prompts, on=p.decode, with_loss=p.loss_from_decode)
             # max_new_tokens >= 1, so an empty answer cannot happen; guard the forced pass anyway
             answers = [a or [self.tokenizer.eos_token_id] for a in answers]
@@ -250,7 +254,6 @@ class ScorerWorker:
                     r["reward"] = v
         if p.sample:
             lc = self.cfg.selection.learnability
-            prompts = [prompt_ids(self.tokenizer, ex["question"]) for ex in examples]
             sampled = (self.vllm if p.sample == "vllm" else self.hf).sample(
                 prompts, n=lc.n, temperature=lc.temperature, seed=self.cfg.seed)
             for r, answers in zip(rows, sampled):
