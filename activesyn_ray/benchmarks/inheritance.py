@@ -36,14 +36,13 @@ def main() -> None:
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
 
-    import torch
-    from safetensors.torch import load_file
     from transformers import AutoTokenizer
 
     from activesyn_ray.config import load_config
     from activesyn_ray.models import resolve_model
     from activesyn_ray.run_setup import load_splits
     from activesyn_ray.runstore import CONFIG, RunStore
+    from activesyn_ray.student.pool import lora_state
     from activesyn_ray.student.scoring import ScorerWorker
     from activesyn_ray.tasks import build_task, stratum
     from activesyn_ray.teacher.engines.base import request_seed
@@ -56,8 +55,7 @@ def main() -> None:
     samples = {mode: [task.generate_like(s, seed=request_seed(cfg.seed, f"inherit-{s.id}"), like=mode)
                       for s in seeds] for mode in ("seed", "level")}
     folder = Path(args.run_dir) / "checkpoints" / f"round-{args.round}"
-    state = {k: v.to(torch.float32) for f in sorted(folder.glob("*.safetensors"))
-             for k, v in load_file(f).items()}
+    state = lora_state(folder)
     scorer = ScorerWorker(rank=0, world_size=1, num_cpus=1, cfg=cfg)
     scorer.load_adapter(state)
     needs = ["loss", "loss_gt", "pass_rate"]

@@ -29,14 +29,13 @@ def main() -> None:
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
 
-    import torch
-    from safetensors.torch import load_file
     from transformers import AutoTokenizer
 
     from activesyn_ray.config import load_config
     from activesyn_ray.models import resolve_model
     from activesyn_ray.run_setup import load_splits
     from activesyn_ray.runstore import CONFIG, RunStore
+    from activesyn_ray.student.pool import lora_state
     from activesyn_ray.student.data import prompt_ids
     from activesyn_ray.student.vllm_scorer import VllmScorer
     from activesyn_ray.tasks import build_task, stratum
@@ -50,8 +49,7 @@ def main() -> None:
         by_level.setdefault(stratum(e), []).append(e)
     items = [e for lv in sorted(by_level) for e in by_level[lv][:args.per_level]]
     folder = Path(args.run_dir) / "checkpoints" / f"round-{args.round}"
-    state = {k: v.to(torch.float32) for f in sorted(folder.glob("*.safetensors"))
-             for k, v in load_file(f).items()}
+    state = lora_state(folder)
     tok = AutoTokenizer.from_pretrained(resolve_model(cfg.student.model))
     scorer = VllmScorer(cfg=cfg, tokenizer=tok)
     scorer.load_adapter(state)

@@ -56,6 +56,18 @@ class PendingScores:
         return self._assemble(self._rows)
 
 
+def lora_state(folder) -> dict:
+    """The LoRA weights of a saved adapter folder (checkpoints/round-t/), fp32, as the trainer's
+    get_peft_model_state_dict gave them: what a scorer's load_adapter takes."""
+    from pathlib import Path
+
+    import torch
+    from safetensors.torch import load_file
+
+    return {k: v.to(torch.float32) for f in sorted(Path(folder).glob("*.safetensors"))
+            for k, v in load_file(f).items()}
+
+
 class StudentPool:
     def __init__(self, *, cfg, task, score_batch_size: int = 16):
         self.cfg, self.task = cfg, task
@@ -165,14 +177,12 @@ class StudentPool:
         from pathlib import Path
 
         import torch
-        from safetensors.torch import load_file
 
         folder = Path(folder)
-        weights = sorted(folder.glob("*.safetensors"))
-        if not weights:
+        if not any(folder.glob("*.safetensors")):
             return False
         if self.cfg.student.lora is not None:  # the PEFT file holds get_peft_model_state_dict
-            state = {k: v.to(torch.float32) for f in weights for k, v in load_file(f).items()}
+            state = lora_state(folder)
         else:  # a full model folder: load it, so tied weights save_pretrained left out come back
             from transformers import AutoModelForCausalLM
 
