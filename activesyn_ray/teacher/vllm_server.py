@@ -31,7 +31,10 @@ LOG_TAIL_CHARS = 2000
 
 
 def port_free(host: str, port: int) -> bool:
+    """Whether a server could listen on `port` now. SO_REUSEADDR as uvicorn binds: connections the
+    last server closed linger in TIME_WAIT for a minute and must not count as taken."""
     with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             s.bind((host, port))
         except OSError:
