@@ -7,7 +7,7 @@ quickstart: install
 	.venv/bin/activesyn run jobs/quickstart.yaml
 
 test: install
-	.venv/bin/python -m pytest -q --timeout=1200
+	.venv/bin/python -m pytest -q --timeout=1200 --durations=15
 
 bench: install
 	.venv/bin/activesyn bench

@@ -19,7 +19,6 @@ a per-round cost model seconds ~ a + s * (samples trained that round) to size a 
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 import subprocess
@@ -28,6 +27,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from activesyn_ray.benchmarks import write_result
 from activesyn_ray import runstore
 
 LOOP_JOB = Path(__file__).resolve().parent / "loop.yaml"
@@ -112,9 +112,7 @@ def main(argv=None) -> dict:
         r["samples"]["at"][last] / c["samples"]["at"][last], 3)
     print(f"growth: restart / continue after {last} rounds: x{results['ratio_at_last_point']} train "
           f"seconds, x{results['samples_ratio_at_last_point']} samples trained", flush=True)
-    if a.out:
-        Path(a.out).write_text(json.dumps(results, indent=2))
-        print(f"wrote {a.out}")
+    write_result(a.out, results)
     return results
 
 

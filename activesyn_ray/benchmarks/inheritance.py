@@ -14,10 +14,11 @@ Only the seed pool is used (never validation or test).
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 import numpy as np
+
+from activesyn_ray.benchmarks import write_result
 
 
 def spearman(x, y) -> float | None:
@@ -85,8 +86,7 @@ def main() -> None:
             f"{c}: rho {per[c]['all_seeds']:+.2f} (within levels "
             + ", ".join("—" if v is None else f"{v:+.2f}" for v in per[c]["within_level"].values())
             + ")" for c in needs), flush=True)
-    if args.out:
-        Path(args.out).write_text(json.dumps(result, indent=1))
+    write_result(args.out, result)
 
 
 if __name__ == "__main__":

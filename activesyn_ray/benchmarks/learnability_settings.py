@@ -12,11 +12,12 @@ drawn, so every n is measured on the same samples. The test split is never read.
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from pathlib import Path
 
 import numpy as np
+
+from activesyn_ray.benchmarks import write_result
 
 
 def main() -> None:
@@ -75,8 +76,7 @@ def main() -> None:
                   f"mean p={rows[-1]['mean_p']:.3f} by level {rows[-1]['informative_by_level']}")
     result = {"run_dir": str(args.run_dir), "round": args.round, "n_questions": len(items),
               "rows": rows}
-    if args.out:
-        Path(args.out).write_text(json.dumps(result, indent=1))
+    write_result(args.out, result)
 
 
 if __name__ == "__main__":

@@ -26,6 +26,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from activesyn_ray.benchmarks import write_result
 from activesyn_ray import runstore
 
 VARIANTS = {"before": False, "after": True}
@@ -164,9 +165,7 @@ def main(argv=None) -> int:
     job = Path(args.job) if args.job else default_job()
     res = measure(job, args.sets, repeat=args.repeat, log=lambda m: print(f"... {m}", flush=True))
     print(table(res), flush=True)
-    if args.out:
-        runstore.atomic_write_json(args.out, res)
-        print(f"wrote {args.out}", flush=True)
+    write_result(args.out, res)
     return 0
 
 

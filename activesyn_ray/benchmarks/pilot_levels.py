@@ -20,6 +20,7 @@ import time
 
 import torch
 
+from activesyn_ray.benchmarks import write_result
 from activesyn_ray.config import TaskConfig
 from activesyn_ray.models import resolve_model
 from activesyn_ray.tasks.base import Task
@@ -99,10 +100,7 @@ def main() -> None:
     for r in rows:
         print(f"| {r['level']} | `{json.dumps(r['config'])}` | {r['lenient']:.2f} | {r['strict']:.2f} "
               f"| {r['distinct_in_2000']:,} |")
-    if args.out:
-        from activesyn_ray.runstore import atomic_write_json
-
-        atomic_write_json(args.out, {"model": args.model, "rows": rows})
+    write_result(args.out, {"model": args.model, "rows": rows})
 
 
 if __name__ == "__main__":

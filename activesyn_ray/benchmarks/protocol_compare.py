@@ -18,6 +18,7 @@ import argparse
 import json
 from pathlib import Path
 
+from activesyn_ray.benchmarks import write_result
 from activesyn_ray.report import _load, auc, bootstrap_mean, common_range
 
 PAYS = 3.0  # the pre-registered training-time ratio
@@ -99,8 +100,7 @@ def main(argv=None) -> dict:
     arms = {root.name: load_arm(root) for root in a.roots}
     result = compare(arms)
     print(markdown(result))
-    if a.out:
-        a.out.write_text(json.dumps(result, indent=2))
+    write_result(a.out, result)
     return result
 
 

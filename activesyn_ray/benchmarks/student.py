@@ -13,10 +13,10 @@ Sizes are small by default so it finishes in minutes on a 2-core CPU; raise them
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import time
-from pathlib import Path
+
+from activesyn_ray.benchmarks import write_result
 
 
 def parse_args():
@@ -207,9 +207,7 @@ def main() -> None:
               f"{full_bytes / 2**20:.1f} MiB (x{full_bytes / adapter_bytes:.0f} less)")
     finally:
         ray.shutdown()
-    if a.out:
-        Path(a.out).write_text(json.dumps(results, indent=2))
-        print(f"wrote {a.out}")
+    write_result(a.out, results)
 
 
 if __name__ == "__main__":

@@ -15,14 +15,13 @@ are excluded from the timing. Replicas get
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
-from pathlib import Path
 
 import ray
 
+from activesyn_ray.benchmarks import write_result
 from activesyn_ray.budget import Ledger
 from activesyn_ray.config import config_from_dict
 from activesyn_ray.tasks import build_task
@@ -111,9 +110,7 @@ def main(argv=None) -> int:
     result = {"model": args.model, "prompts": args.prompts, "max_new_tokens": args.max_new_tokens,
               "cpus_per_replica": args.cpus_per_replica, "cpu_count": os.cpu_count(),
               "loadavg_1m_end": round(os.getloadavg()[0], 2), "rows": rows, "ratios": ratios}
-    if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+    write_result(args.out, result)
     return 0
 
 

@@ -19,7 +19,8 @@ import os
 import statistics
 import sys
 import time
-from pathlib import Path
+
+from activesyn_ray.benchmarks import write_result
 
 
 def main(argv=None) -> int:
@@ -108,8 +109,7 @@ def main(argv=None) -> int:
            "pool_over_one": med["one"] / med["pool"],
            "cpu_seconds": {k: round(cpu1[k] - cpu0[k], 2) for k in cpu0}, "rows": rows}
     print(json.dumps({k: v for k, v in res.items() if k != "rows"}, indent=2))
-    if a.out:
-        Path(a.out).write_text(json.dumps(res, indent=2) + "\n")
+    write_result(a.out, res)
     return 0
 
 

@@ -27,6 +27,8 @@ import sys
 import time
 from pathlib import Path
 
+from activesyn_ray.benchmarks import write_result
+
 
 def prompts_for(n: int, task_name: str) -> list[str]:
     from activesyn_ray.config import config_from_dict
@@ -131,8 +133,7 @@ def main(argv=None) -> int:
         # the pair ends with its slower engine: its throughput over the sum of the two rates
         "imbalance": round(tokens2 / max(x["seconds"] for x in both) / sum(conc_tps), 3)}
     print(json.dumps(res, indent=2))
-    if a.out:
-        Path(a.out).write_text(json.dumps(res, indent=2) + "\n")
+    write_result(a.out, res)
     return 0
 
 

@@ -24,10 +24,10 @@ faster AND keep the first-epoch loss within 1% of fp32's.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
-from pathlib import Path
+
+from activesyn_ray.benchmarks import write_result
 
 # The pretrained grid's task (jobs/pretrained-cpu.yaml), inlined so the bench needs no checkout.
 LEVELS = [{"min_terms": 2, "max_terms": 2, "min_digits": 2, "max_digits": 2, "operators": ["+"],
@@ -229,9 +229,7 @@ def main(argv=None) -> dict:
         print(f"trainer bf16 vs fp32 (packed): x{results['bf16_verdict']['speedup']:.2f}, "
               f"first-epoch loss {100 * results['bf16_verdict']['loss_vs_fp32']:+.2f}%: "
               f"{'use bf16' if faster and close else 'keep fp32'}", flush=True)
-    if a.out:
-        Path(a.out).write_text(json.dumps(results, indent=2))
-        print(f"wrote {a.out}")
+    write_result(a.out, results)
     return results
 
 
