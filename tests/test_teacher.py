@@ -12,9 +12,9 @@ import math
 import os
 import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
+from loopback_openai import LoopbackOpenAI
 
 from activesyn_ray.budget import Ledger
 from activesyn_ray.config import RunConfig, config_from_dict
@@ -295,56 +295,35 @@ def test_procedural_pool_records_and_deterministic_ids(ray_session, task_and_see
 
 
 # ------------------------------------------------------------------------- openai (loopback only)
-class _Server:
+class _Server(LoopbackOpenAI):
     """A tiny OpenAI-compatible endpoint on 127.0.0.1, answering with the in-process hf engine."""
 
     def __init__(self):
         self.engine = build_engine(make_cfg({"engine": "hf"}))
         self.seen: list[dict] = []
         self.lock = threading.Lock()
-        outer = self
+        super().__init__(self._respond)
 
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *a):
-                pass
-
-            def do_POST(self):
-                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                auth = self.headers.get("Authorization")
-                with outer.lock:
-                    outer.seen.append({"path": self.path, "auth": auth, "body": body})
-                if auth != f"Bearer {KEY}":
-                    return self._send(401, {"error": {"message": "bad key"}})
-                prompt = body["prompt"] if self.path.endswith("/completions") and "prompt" in body \
-                    else body["messages"][-1]["content"]
-                with outer.lock:
-                    c = outer.engine.generate([prompt], max_new_tokens=body["max_tokens"],
-                                              temperature=body["temperature"], top_p=body["top_p"],
-                                              seed=body.get("seed"))[0]
-                choice = {"index": 0, "finish_reason": "length"}
-                if self.path.endswith("/chat/completions"):
-                    choice["message"] = {"role": "assistant", "content": c.text}
-                else:
-                    choice["text"] = c.text
-                self._send(200, {"choices": [choice], "usage": {
-                    "prompt_tokens": c.prompt_tokens, "completion_tokens": c.completion_tokens,
-                    "total_tokens": c.prompt_tokens + c.completion_tokens}})
-
-            def _send(self, code, obj):
-                data = json.dumps(obj).encode()
-                self.send_response(code)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
-        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
-
-    def close(self):
-        self.httpd.shutdown()
-        self.httpd.server_close()
+    def _respond(self, path, headers, body):
+        auth = headers.get("Authorization")
+        with self.lock:
+            self.seen.append({"path": path, "auth": auth, "body": body})
+        if auth != f"Bearer {KEY}":
+            return 401, {"error": {"message": "bad key"}}
+        prompt = body["prompt"] if path.endswith("/completions") and "prompt" in body \
+            else body["messages"][-1]["content"]
+        with self.lock:
+            c = self.engine.generate([prompt], max_new_tokens=body["max_tokens"],
+                                     temperature=body["temperature"], top_p=body["top_p"],
+                                     seed=body.get("seed"))[0]
+        choice = {"index": 0, "finish_reason": "length"}
+        if path.endswith("/chat/completions"):
+            choice["message"] = {"role": "assistant", "content": c.text}
+        else:
+            choice["text"] = c.text
+        return 200, {"choices": [choice], "usage": {
+            "prompt_tokens": c.prompt_tokens, "completion_tokens": c.completion_tokens,
+            "total_tokens": c.prompt_tokens + c.completion_tokens}}
 
 
 @pytest.fixture(scope="module")

@@ -14,10 +14,10 @@ from __future__ import annotations
 
 import json
 import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
+from loopback_openai import LoopbackOpenAI
 
 from activesyn_ray import runstore
 from activesyn_ray.config import ConfigError, TaskConfig, load_config
@@ -80,7 +80,7 @@ def test_tasks_without_a_verifier_refuse_teacher_verify(tmp_path):
 
 
 # ================================================================================ slow: the loop
-class PlantingServer:
+class PlantingServer(LoopbackOpenAI):
     """/v1/completions: request n gets KINDS[n % 6]. Its own arithmetic; `planted` maps each
     written question to its kind, for the test to check the records against."""
 
@@ -89,40 +89,21 @@ class PlantingServer:
     def __init__(self):
         self.planted: dict[str, str] = {}
         self.lock = threading.Lock()
-        outer = self
+        super().__init__(self._respond)
 
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *a):
-                pass
-
-            def do_POST(self):
-                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                with outer.lock:
-                    n = len(outer.planted)
-                    kind = outer.KINDS[n % len(outer.KINDS)]
-                    a, b = 1000 + 7 * n, 2000 + 13 * n  # 4 digits: never a held-out question
-                    question = f"Calculate {a} + {b}." if kind != "no expression" else \
-                        f"Write about {a} cats number {n}."
-                    outer.planted[question] = kind
-                answer = {"ok": a + b, "wrong": a + b + 1, "no expression": 7}.get(kind)
-                text = "I cannot help with that." if kind == "garbage" else \
-                    f"Question: {question}\nAnswer: #### {answer}"
-                data = json.dumps({"choices": [{"index": 0, "text": text, "finish_reason": "stop"}],
-                                   "usage": {"prompt_tokens": len(body["prompt"]) // 4,
-                                             "completion_tokens": 3 + n}}).encode()
-                self.send_response(200)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
-        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
-
-    def close(self):
-        self.httpd.shutdown()
-        self.httpd.server_close()
+    def _respond(self, path, headers, body):
+        with self.lock:
+            n = len(self.planted)
+            kind = self.KINDS[n % len(self.KINDS)]
+            a, b = 1000 + 7 * n, 2000 + 13 * n  # 4 digits: never a held-out question
+            question = f"Calculate {a} + {b}." if kind != "no expression" else \
+                f"Write about {a} cats number {n}."
+            self.planted[question] = kind
+        answer = {"ok": a + b, "wrong": a + b + 1, "no expression": 7}.get(kind)
+        text = "I cannot help with that." if kind == "garbage" else \
+            f"Question: {question}\nAnswer: #### {answer}"
+        return 200, {"choices": [{"index": 0, "text": text, "finish_reason": "stop"}],
+                     "usage": {"prompt_tokens": len(body["prompt"]) // 4, "completion_tokens": 3 + n}}
 
 
 @pytest.mark.slow
