@@ -237,6 +237,37 @@ def started_local_ray() -> bool:
     return _started_local and ray.is_initialized()
 
 
+# Ray waits a fixed 30 s for a new raylet to register with its GCS; on a loaded machine that is
+# sometimes not enough ("The current node timed out during startup"). A fresh try usually is.
+LOCAL_START_TRIES = 3
+
+
+def _start_local_ray(tries: int = LOCAL_START_TRIES, **kwargs) -> None:
+    """ray.init(address="local"), tried again when the node times out during startup. A failed
+    try leaves its GCS and raylet running (the half-built node is dropped), so they are killed
+    first: every process this driver started during that try."""
+    import psutil
+
+    me = psutil.Process()
+    for attempt in range(1, tries + 1):
+        before = {p.pid for p in me.children(recursive=True)}
+        try:
+            ray.init(address="local", **kwargs)
+            return
+        except Exception as err:  # Ray raises a bare Exception for this
+            if "timed out during startup" not in str(err) or attempt == tries:
+                raise
+            leftovers = [p for p in me.children(recursive=True) if p.pid not in before]
+            for p in leftovers:
+                with contextlib.suppress(psutil.NoSuchProcess):
+                    p.kill()
+            psutil.wait_procs(leftovers, timeout=10)
+            with contextlib.suppress(Exception):
+                ray.shutdown()
+            console.say(f"the local Ray timed out during startup (a loaded machine?); "
+                         f"starting it again ({attempt + 1}/{tries})")
+
+
 def init_ray(resources_cfg, *, log_to_driver: bool = True) -> None:
     """Join RAY_ADDRESS / resources.ray_address if given (e.g. under `ray job submit`), else start a
     local Ray sized by resources.local_num_cpus."""
@@ -256,6 +287,6 @@ def init_ray(resources_cfg, *, log_to_driver: bool = True) -> None:
         # address="local": always a fresh local Ray; a bare ray.init() would silently join any
         # `ray start` head already running on this machine.
         with _agent_port_chosen_by_os():
-            ray.init(address="local", num_cpus=resources_cfg.local_num_cpus, **kwargs)
+            _start_local_ray(num_cpus=resources_cfg.local_num_cpus, **kwargs)
     if _run_log is not None and not getattr(_run_log, "verbose", False) and log_to_driver:
         _route_worker_output()

@@ -235,6 +235,7 @@ CHATTER = ("Loading weights", "Writing model shards", "real_accelerator", "Token
            "Started a local Ray", "repeated", "WARNING", "autoscaler", "(pid=", "Traceback")
 # Every line the console may print for a run (console.py, cli.py); anything else is a leak.
 OUR_LINES = re.compile(r"^(run directory: |library output |starting Ray |Ray ready |the run reserves |"
+                       r"the local Ray timed out during startup |"
                        r"loading the student |trainer ready |starting \d+ teacher |teacher and scorers ready |"
                        r"evaluating the starting student |iteration \d+( \(the starting student\))?: "
                        r"samples |final accuracy: |  by level: |report: |plot: |next: )")

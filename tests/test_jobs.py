@@ -341,3 +341,38 @@ def test_local_run_and_head_on_one_machine(first, tmp_path):
                 local.wait()
         if head is not None:
             head.stop()
+
+
+def test_local_ray_start_is_tried_again_after_a_startup_timeout(monkeypatch, capfd):
+    """Ray's fixed 30 s wait for a new raylet runs out on a loaded machine. The failed try's
+    processes (here a stand-in child, as Ray leaves its GCS and raylet) are killed, the start is
+    tried again; any other error is raised at once. ray.init is replaced: a real timeout cannot be
+    caused on demand."""
+    import ray
+
+    from activesyn_ray import runtime
+
+    calls, spawned = [], []
+
+    def fake_init(address, **kwargs):
+        calls.append(address)
+        if len(calls) == 1:
+            spawned.append(subprocess.Popen(["sleep", "60"]))
+            raise Exception("The current node timed out during startup. This could happen ...")
+
+    monkeypatch.setattr(ray, "init", fake_init)
+    monkeypatch.setattr(ray, "shutdown", lambda: None)
+    runtime._start_local_ray(num_cpus=2)
+    assert calls == ["local", "local"]
+    assert spawned[0].poll() is not None  # the failed try's process (a 60 s sleep) is gone
+    said = capfd.readouterr()
+    assert "starting it again (2/3)" in said.out + said.err
+
+    def other(address, **kwargs):
+        calls.append(address)
+        raise Exception("some other start-up error")
+
+    monkeypatch.setattr(ray, "init", other)
+    with pytest.raises(Exception, match="some other"):
+        runtime._start_local_ray(num_cpus=2)
+    assert len(calls) == 3  # not retried
