@@ -203,18 +203,6 @@ def test_rank_slices_form_the_one_rank_batches():
 
 # ------------------------------------------------------------------------------ Ray actors
 @pytest.fixture(scope="module")
-def ray_session():
-    ray = pytest.importorskip("ray")
-    from activesyn_ray.runtime import worker_env
-
-    # address="local": our own Ray even when another cluster runs on this machine
-    ray.init(address="local", num_cpus=4, include_dashboard=False,
-             runtime_env={"env_vars": worker_env()}, log_to_driver=False)
-    yield ray
-    ray.shutdown()
-
-
-@pytest.fixture(scope="module")
 def trained(ray_session, task_data):
     """One pool (1 trainer rank, 2 scorer shards), scored with the base model, then trained once."""
     from activesyn_ray.student import StudentPool
