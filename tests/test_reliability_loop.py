@@ -77,16 +77,16 @@ class Cli:
         self.kill()
         pytest.fail(f"no {what} in {timeout} s:\n{self.out[-3000:]}")
 
-    def busy(self, title: str) -> int | None:
+    def busy(self, title: str, exclude: set[int] = frozenset()) -> int | None:
         """pid of a process of this run whose Ray title is `ray::<title>` (an actor inside that
-        method right now)."""
+        method right now), other than those in `exclude`."""
         try:
             procs = psutil.Process(self.proc.pid).children(recursive=True)
         except psutil.NoSuchProcess:
             return None
         for p in procs:
             try:
-                if p.cmdline()[:1] == [f"ray::{title}"]:
+                if p.pid not in exclude and p.cmdline()[:1] == [f"ray::{title}"]:
                     return p.pid
             except (psutil.NoSuchProcess, psutil.AccessDenied, IndexError):
                 continue
