@@ -242,7 +242,7 @@ def started_local_ray() -> bool:
 LOCAL_START_TRIES = 3
 
 
-def _start_local_ray(tries: int = LOCAL_START_TRIES, **kwargs) -> None:
+def start_local_ray(tries: int = LOCAL_START_TRIES, **kwargs) -> None:
     """ray.init(address="local"), tried again when the node times out during startup. A failed
     try leaves its GCS and raylet running (the half-built node is dropped), so they are killed
     first: every process this driver started during that try."""
@@ -287,6 +287,6 @@ def init_ray(resources_cfg, *, log_to_driver: bool = True) -> None:
         # address="local": always a fresh local Ray; a bare ray.init() would silently join any
         # `ray start` head already running on this machine.
         with _agent_port_chosen_by_os():
-            _start_local_ray(num_cpus=resources_cfg.local_num_cpus, **kwargs)
+            start_local_ray(num_cpus=resources_cfg.local_num_cpus, **kwargs)
     if _run_log is not None and not getattr(_run_log, "verbose", False) and log_to_driver:
         _route_worker_output()

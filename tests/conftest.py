@@ -18,9 +18,9 @@ def ray_session():
     """A local Ray of the test module's own (address="local": never someone else's head on this
     machine), 4 logical CPUs, workers with the run's environment."""
     ray = pytest.importorskip("ray")
-    from activesyn_ray.runtime import worker_env
+    from activesyn_ray.runtime import start_local_ray, worker_env
 
-    ray.init(address="local", num_cpus=4, include_dashboard=False,
-             runtime_env={"env_vars": worker_env()}, log_to_driver=False)
+    start_local_ray(num_cpus=4, include_dashboard=False,
+                    runtime_env={"env_vars": worker_env()}, log_to_driver=False)
     yield ray
     ray.shutdown()

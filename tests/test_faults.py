@@ -20,6 +20,8 @@ import tracemalloc
 
 import pytest
 
+from activesyn_ray.runtime import start_local_ray
+
 from activesyn_ray.budget import Ledger
 from activesyn_ray.config import config_from_dict
 from activesyn_ray.tasks import build_task
@@ -43,7 +45,7 @@ def ray_session():
     import ray
 
     # address="local": a fresh Ray of our own even when someone else's head runs on this machine
-    ray.init(address="local", num_cpus=4, include_dashboard=False, log_to_driver=False)
+    start_local_ray(num_cpus=4, include_dashboard=False, log_to_driver=False)
     yield
     ray.shutdown()
 

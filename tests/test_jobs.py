@@ -362,7 +362,7 @@ def test_local_ray_start_is_tried_again_after_a_startup_timeout(monkeypatch, cap
 
     monkeypatch.setattr(ray, "init", fake_init)
     monkeypatch.setattr(ray, "shutdown", lambda: None)
-    runtime._start_local_ray(num_cpus=2)
+    runtime.start_local_ray(num_cpus=2)
     assert calls == ["local", "local"]
     assert spawned[0].poll() is not None  # the failed try's process (a 60 s sleep) is gone
     said = capfd.readouterr()
@@ -374,5 +374,5 @@ def test_local_ray_start_is_tried_again_after_a_startup_timeout(monkeypatch, cap
 
     monkeypatch.setattr(ray, "init", other)
     with pytest.raises(Exception, match="some other"):
-        runtime._start_local_ray(num_cpus=2)
+        runtime.start_local_ray(num_cpus=2)
     assert len(calls) == 3  # not retried

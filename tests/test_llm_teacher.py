@@ -20,6 +20,8 @@ from pathlib import Path
 
 import pytest
 
+from activesyn_ray.runtime import start_local_ray
+
 from activesyn_ray.config import OpenAIConfig, load_config
 from activesyn_ray.teacher.engines.base import TeacherError
 from activesyn_ray.teacher.vllm_server import VllmServer, port_free
@@ -69,7 +71,7 @@ def test_made_model_names_never_shadow_built_in_ones():
 def ray_local():
     import ray
 
-    ray.init(address="local", num_cpus=3, include_dashboard=False, log_to_driver=False)
+    start_local_ray(num_cpus=3, include_dashboard=False, log_to_driver=False)
     yield
     ray.shutdown()
 

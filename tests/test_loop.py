@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from activesyn_ray.runtime import start_local_ray
+
 from activesyn_ray import runstore
 from activesyn_ray.config import load_config
 from activesyn_ray.selection import STRATEGIES
@@ -59,7 +61,7 @@ def test_tiny_job_never_trains_on_a_held_out_question(tmp_path):
 def ray_local():
     import ray
 
-    ray.init(address="local", num_cpus=3, include_dashboard=False, log_to_driver=False)
+    start_local_ray(num_cpus=3, include_dashboard=False, log_to_driver=False)
     yield
     ray.shutdown()
 

@@ -18,6 +18,8 @@ import copy
 
 import numpy as np
 import pytest
+
+from activesyn_ray.runtime import start_local_ray
 import torch
 
 from activesyn_ray.config import ActorResources, config_from_dict
@@ -94,8 +96,8 @@ def scorers(setup):
     from activesyn_ray.student.scoring import ScorerWorker
 
     cfg, *_ = setup
-    ray.init(address="local", num_cpus=4, include_dashboard=False,
-             runtime_env={"env_vars": worker_env()}, log_to_driver=False)
+    start_local_ray(num_cpus=4, include_dashboard=False,
+                    runtime_env={"env_vars": worker_env()}, log_to_driver=False)
     groups = {}
     try:
         for name, inference, n, adapter in (("vllm", "vllm", 2, "auto"),

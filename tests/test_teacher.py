@@ -14,6 +14,8 @@ import threading
 import time
 
 import pytest
+
+from activesyn_ray.runtime import start_local_ray
 from loopback_openai import LoopbackOpenAI
 
 from activesyn_ray.budget import Ledger
@@ -111,7 +113,7 @@ def ray_session():
 
     os.environ[KEY_ENV] = KEY  # before ray.init: local workers inherit the driver's environment
     # address="local": a fresh Ray of our own even when someone else's head runs on this machine
-    ray.init(address="local", num_cpus=4, include_dashboard=False, log_to_driver=False)
+    start_local_ray(num_cpus=4, include_dashboard=False, log_to_driver=False)
     yield
     ray.shutdown()
     os.environ.pop(KEY_ENV, None)

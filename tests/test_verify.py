@@ -17,6 +17,8 @@ import threading
 from pathlib import Path
 
 import pytest
+
+from activesyn_ray.runtime import start_local_ray
 from loopback_openai import LoopbackOpenAI
 
 from activesyn_ray import runstore
@@ -115,7 +117,7 @@ def test_loop_never_trains_on_a_refused_sample_and_counts_it_everywhere(tmp_path
     from activesyn_ray.run_setup import new_run
 
     server = PlantingServer()
-    ray.init(address="local", num_cpus=3, include_dashboard=False, log_to_driver=False)
+    start_local_ray(num_cpus=3, include_dashboard=False, log_to_driver=False)
     try:
         cfg = load_config(QUICK, [
             "task.seed_size=24", "task.test_size=12", "selection.strategy=random", "selection.k=6",
