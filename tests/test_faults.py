@@ -20,10 +20,9 @@ import tracemalloc
 
 import pytest
 
-from activesyn_ray.runtime import start_local_ray
-
 from activesyn_ray.budget import Ledger
 from activesyn_ray.config import config_from_dict
+from activesyn_ray.runtime import start_local_ray
 from activesyn_ray.tasks import build_task
 from activesyn_ray.teacher import TeacherError
 from activesyn_ray.teacher.engines import TeacherRequest, request_seed

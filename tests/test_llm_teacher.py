@@ -20,9 +20,8 @@ from pathlib import Path
 
 import pytest
 
-from activesyn_ray.runtime import start_local_ray
-
 from activesyn_ray.config import OpenAIConfig, load_config
+from activesyn_ray.runtime import start_local_ray
 from activesyn_ray.teacher.engines.base import TeacherError
 from activesyn_ray.teacher.vllm_server import VllmServer, port_free
 

@@ -8,10 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from activesyn_ray.runtime import start_local_ray
-
 from activesyn_ray import runstore
 from activesyn_ray.config import load_config
+from activesyn_ray.runtime import start_local_ray
 from activesyn_ray.selection import STRATEGIES
 
 ROOT = Path(__file__).resolve().parents[1]

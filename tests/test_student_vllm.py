@@ -18,11 +18,10 @@ import copy
 
 import numpy as np
 import pytest
-
-from activesyn_ray.runtime import start_local_ray
 import torch
 
 from activesyn_ray.config import ActorResources, config_from_dict
+from activesyn_ray.runtime import start_local_ray
 from activesyn_ray.tasks import build_task
 
 pytest.importorskip("vllm")

@@ -15,11 +15,11 @@ import time
 
 import pytest
 
-from activesyn_ray.runtime import start_local_ray
 from loopback_openai import LoopbackOpenAI
 
 from activesyn_ray.budget import Ledger
 from activesyn_ray.config import RunConfig, config_from_dict
+from activesyn_ray.runtime import start_local_ray
 from activesyn_ray.tasks import Example, build_task
 from activesyn_ray.teacher import NEUTRAL_GRADE, Prompts, TeacherError, parse_grade, parse_sample
 from activesyn_ray.teacher.engines import TeacherRequest, build_engine, request_seed

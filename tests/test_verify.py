@@ -18,11 +18,11 @@ from pathlib import Path
 
 import pytest
 
-from activesyn_ray.runtime import start_local_ray
 from loopback_openai import LoopbackOpenAI
 
 from activesyn_ray import runstore
 from activesyn_ray.config import ConfigError, TaskConfig, load_config
+from activesyn_ray.runtime import start_local_ray
 from activesyn_ray.tasks import Example, build_task
 from activesyn_ray.tasks.expression import find
 
