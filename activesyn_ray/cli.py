@@ -154,12 +154,15 @@ def status(runs: list[str] = typer.Argument(..., help=RUN_HELP)):
 
 @app.command()
 def report(runs: list[str] = typer.Argument(..., help="Run directories (or URIs) to compare."),
-           out: Path = typer.Option(Path("report"), help="Folder for the PNGs, tables and JSON.")):
-    """Accuracy-vs-budget curves, final table, efficiency ratios, win rates, seed/synthetic rank
-    correlation."""
+           out: Path = typer.Option(Path("report"), help="Folder for the PNGs, tables and JSON."),
+           baseline: list[str] = typer.Option([], "--baseline", help="Also compare every strategy "
+                                              "with this one, paired by seed (random and static "
+                                              "always); repeatable.")):
+    """Accuracy-vs-budget curves, final table, efficiency ratios, paired AUC and final-accuracy
+    differences, win rates, seed/synthetic rank correlation."""
     from activesyn_ray.report import write_report
 
-    write_report([_run_dir(r) for r in runs], out)
+    write_report([_run_dir(r) for r in runs], out, baselines=tuple(baseline))
 
 
 @app.command()

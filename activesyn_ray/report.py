@@ -13,6 +13,9 @@ Definitions (budget = synthetic samples; S = a strategy, B = a baseline, runs pa
   * **AUC** = area under the accuracy-vs-budget curve (trapezoid, linear between budget points) over
     the budget range every run of the task covers, divided by that range's width: a mean accuracy.
     **dAUC vs B** = S's AUC minus B's AUC, per seed.
+  * **Final - B** = S's accuracy at its last point minus B's at B's last point, per seed (the
+    fixed-budget comparison: both spent the whole budget). Baselines B: random and static, plus any
+    strategy named with `--baseline` (e.g. reward, to compare loss with it).
   * Summaries over seeds are the mean with a 95% percentile bootstrap interval (10,000 resamples of
     the seeds, fixed RNG seed); with one seed, the single value and no interval.
   * **Win rate of S over T** = share of budget points both reached where S's mean accuracy over
@@ -243,6 +246,14 @@ def auc_difference(runs_s: list[dict], runs_b: list[dict], lo: float, hi: float)
     return {**bootstrap_mean(list(per_seed.values())), "unpaired": unpaired, "per_seed": per_seed}
 
 
+def final_difference(runs_s: list[dict], runs_b: list[dict]) -> dict:
+    """Paired (same seed) difference of the last point's accuracy S - B, over seeds."""
+    pairs, unpaired = _pairs(runs_s, runs_b)
+    per_seed = {s["seed"]: s["metrics"][-1]["accuracy"] - b["metrics"][-1]["accuracy"]
+                for s, b in pairs}
+    return {**bootstrap_mean(list(per_seed.values())), "unpaired": unpaired, "per_seed": per_seed}
+
+
 def _mean_curve(runs: list[dict], value=lambda r: r["accuracy"]) -> dict[float, tuple[float, float]]:
     """x -> (mean, std) over the runs that have a value there."""
     by_x: dict[float, list[float]] = defaultdict(list)
@@ -457,8 +468,11 @@ def _win_table(strategies: list[str], wr: np.ndarray) -> list[str]:
                                       for i, s in enumerate(strategies)])
 
 
-def write_report(run_dirs: list[str | Path], out: str | Path) -> dict:
-    """report.md, report.json and PNGs in `out` for the given run directories."""
+def write_report(run_dirs: list[str | Path], out: str | Path,
+                 baselines: tuple[str, ...] = BASELINES) -> dict:
+    """report.md, report.json and PNGs in `out` for the given run directories; paired differences
+    against each strategy in `baselines` that the runs have."""
+    baselines = tuple(dict.fromkeys((*BASELINES, *baselines)))  # random, static always; no repeats
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     runs = [_load(Path(d)) for d in run_dirs]
@@ -488,10 +502,11 @@ def write_report(run_dirs: list[str | Path], out: str | Path) -> dict:
                    "auc": bootstrap_mean([auc(r, *rng) for r in done]) if rng else None,
                    "spearman_dataset": dataset_spearman(rs),
                    "spearman_within_iteration": within_iteration_spearman(rs)}
-            for base in BASELINES:
+            for base in baselines:
                 if base in g and base != s:
                     row[f"efficiency_vs_{base}"] = efficiency(rs, g[base])
                     row[f"auc_diff_vs_{base}"] = auc_difference(rs, g[base], *rng) if rng else None
+                    row[f"final_diff_vs_{base}"] = final_difference(rs, g[base])
             rows.append(row)
 
     strategies, wr = win_rates(groups)
@@ -512,10 +527,14 @@ def write_report(run_dirs: list[str | Path], out: str | Path) -> dict:
     md += ["", "## Area under the curve: paired difference to the baselines", "",
            *(f"- {t}: AUC over samples {rng[0]:,.0f}–{rng[1]:,.0f}" if rng else
              f"- {t}: the runs share no budget range, no AUC" for t, rng in sorted(ranges.items())),
-           "", *_table(["task", "strategy", "AUC", "dAUC vs random", "dAUC vs static"],
+           "", *_table(["task", "strategy", "AUC", *(f"dAUC vs {b}" for b in baselines)],
                        [[r["task"], r["strategy"], _fmt_ci(r["auc"]),
-                         _fmt_ci(r.get("auc_diff_vs_random")), _fmt_ci(r.get("auc_diff_vs_static"))]
+                         *(_fmt_ci(r.get(f"auc_diff_vs_{b}")) for b in baselines)]
                         for r in rows])]
+    md += ["", "## Final accuracy: paired difference to the baselines (same budget)", "",
+           *_table(["task", "strategy", "final accuracy", *(f"final - {b}" for b in baselines)],
+                   [[r["task"], r["strategy"], _fmt(r["final_accuracy_mean"]),
+                     *(_fmt_ci(r.get(f"final_diff_vs_{b}")) for b in baselines)] for r in rows])]
     teacher_rows = teacher_table(groups)
     md += ["", "## Teacher output per iteration (summed over runs)", "",
            *_table(["task", "strategy", "iteration", "runs", *TEACHER_COUNTS],

@@ -10,8 +10,8 @@ import pytest
 from activesyn_ray import runstore
 from activesyn_ray.config import dump_config, load_config
 from activesyn_ray.report import (auc, auc_difference, bootstrap_mean, budget_to_reach,
-                                  dataset_spearman, efficiency, fmt_efficiency, plot_run,
-                                  within_iteration_spearman, write_report)
+                                  dataset_spearman, efficiency, final_difference, fmt_efficiency,
+                                  plot_run, within_iteration_spearman, write_report)
 
 
 def _curve(seed, accs, xs=None, k=10):
@@ -151,6 +151,26 @@ def test_report_win_rates_per_task_and_across_tasks(tmp_path, capsys):
     assert "| basic_arithmetic | loss | 2 |" in capsys.readouterr().out
     assert (out / "win_rate.png").stat().st_size > 1000
     assert json.loads((out / "report.json").read_text())["strategies"] == ["loss", "random"]
+
+
+def test_final_difference_is_paired_by_seed_and_extra_baselines_get_columns(tmp_path):
+    # last points: loss 0.6 / 0.3, random 0.4 / 0.4 -> per seed +0.2, -0.1; seed 2 has no pair
+    loss = [_curve(0, [0.1, 0.6]), _curve(1, [0.5, 0.3]), _curve(2, [0.9, 0.9])]
+    rnd = [_curve(0, [0.2, 0.4]), _curve(1, [0.1, 0.2, 0.4])]
+    d = final_difference(loss, rnd)
+    assert d["per_seed"] == {0: pytest.approx(0.2), 1: pytest.approx(-0.1)}
+    assert d["mean"] == pytest.approx(0.05) and d["unpaired"] == 1
+    assert d["ci"][0] == pytest.approx(-0.1) and d["ci"][1] == pytest.approx(0.2)
+    # a named baseline (entropy here; reward in the grid) gets its own dAUC and final-difference columns
+    dirs = [_run(tmp_path, "loss", s, a) for s, a in ((0, [0.2, 0.5]), (1, [0.1, 0.3]))]
+    dirs += [_run(tmp_path, "entropy", s, a) for s, a in ((0, [0.1, 0.4]), (1, [0.2, 0.4]))]
+    summary = write_report(dirs, tmp_path / "report", baselines=("entropy",))
+    loss_row = next(r for r in summary["table"] if r["strategy"] == "loss")
+    assert loss_row["final_diff_vs_entropy"]["per_seed"] == {0: pytest.approx(0.1),
+                                                            1: pytest.approx(-0.1)}
+    md = (tmp_path / "report" / "report.md").read_text()
+    assert "| task | strategy | final accuracy | final - random | final - static | final - entropy |" in md
+    assert "dAUC vs entropy" in md and "final_diff_vs_random" not in loss_row
 
 
 def _strata_rows(accs, selected):
