@@ -50,7 +50,7 @@ matplotlib.use("Agg")  # headless: files only
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import yaml  # noqa: E402
-from matplotlib.ticker import FuncFormatter, MaxNLocator  # noqa: E402
+from matplotlib.ticker import FixedLocator, FuncFormatter, MaxNLocator  # noqa: E402
 
 from activesyn_ray import runstore  # noqa: E402
 from activesyn_ray.runstore import RunStore, atomic_write_json, atomic_write_text  # noqa: E402
@@ -69,7 +69,10 @@ def _load(run_dir: Path) -> dict:
     teacher = cfg.get("teacher") or {}
     if teacher.get("engine", "procedural") != "procedural":  # an LLM teacher is its own group
         task += f" / teacher {teacher['engine']}:{teacher.get('model')}"
-    return {"dir": str(run_dir), "name": cfg.get("name"), "task": task,
+    # What a stratum is called on plots: a gym task's difficulty level (as the console says), or
+    # the data column an hf/file task was told to break down by.
+    stratum_name = cfg["task"].get("stratum_field") or "level"
+    return {"dir": str(run_dir), "name": cfg.get("name"), "task": task, "stratum_name": stratum_name,
             "strategy": cfg["selection"]["strategy"], "seed": cfg.get("seed", 0),
             "metrics": metrics, "synthetic_scores": scores,
             "teacher_counts": teacher_counts(store.read(runstore.SYNTHETIC))}
@@ -115,14 +118,23 @@ def _savefig(fig, path: Path) -> None:
     tmp.replace(path)  # atomic, like every other file of a run
 
 
-def _budget_axis(ax, label: str, rotate: bool = False) -> None:
-    """Thousands separators and few enough ticks that labels like 1,250,000 do not collide."""
-    ax.xaxis.set_major_locator(MaxNLocator(nbins=4 if rotate else 5, integer=True))
+def _budget_axis(ax, label: str, rotate: bool = False, points=()) -> None:
+    """Ticks at the evaluated budgets when there are few of them (0, 16, 32, 48, not 0, 15, 30,
+    45); otherwise few enough ticks, with thousands separators, that 1,250,000 does not collide."""
+    points = sorted(set(points))
+    if 1 < len(points) <= 8:
+        ax.xaxis.set_major_locator(FixedLocator(points))
+    else:
+        ax.xaxis.set_major_locator(MaxNLocator(nbins=4 if rotate else 5, integer=True))
     ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:,.0f}"))
     if rotate:
         ax.tick_params(axis="x", labelrotation=25)
     ax.set_xlabel(label)
     ax.grid(alpha=0.3)
+
+
+def _budgets(runs: list[dict]) -> list[float]:
+    return [r[BUDGET] for run in runs for r in run["metrics"]]
 
 
 def plot_run(run_dir: str | Path) -> Path | None:
@@ -137,15 +149,16 @@ def plot_run(run_dir: str | Path) -> Path | None:
     for ax, key, label in ((axes[0], "samples", "synthetic samples"),
                            (axes[1], "teacher_tokens", "teacher tokens")):
         ax.plot([r[key] for r in m], [r["accuracy"] for r in m], "o-", label=run["strategy"])
-        _budget_axis(ax, label, rotate=key == "teacher_tokens")
+        _budget_axis(ax, label, rotate=key == "teacher_tokens",
+                     points=[r[key] for r in m] if key == BUDGET else ())
         ax.set_ylabel("test accuracy")
     axes[0].legend()
     if strata:
         for s in strata:
             pts = [(r["samples"], r["accuracy_by_stratum"][s]) for r in m
                    if s in (r.get("accuracy_by_stratum") or {})]
-            axes[2].plot(*zip(*pts), "o-", ms=3, label=f"stratum {s}")
-        _budget_axis(axes[2], "synthetic samples")
+            axes[2].plot(*zip(*pts), "o-", ms=3, label=f"{run['stratum_name']} {s}")
+        _budget_axis(axes[2], "synthetic samples", points=[r[BUDGET] for r in m])
         axes[2].set_ylabel("test accuracy")
         axes[2].legend(fontsize=8)
     fig.suptitle(f"{run['name']} — {run['task']} — {run['strategy']} (seed {run['seed']})")
@@ -362,7 +375,9 @@ def _plot_strata(task: str, groups: dict[str, list[dict]], out: Path) -> list[st
     """Per-stratum accuracy curves (one panel per stratum) and the selection mix (one per
     strategy), for the strategies whose metrics carry those fields."""
     pngs = []
-    strata = _strata([r for rs in groups.values() for r in rs])
+    runs = [r for rs in groups.values() for r in rs]
+    strata = _strata(runs)
+    name = runs[0].get("stratum_name", "stratum") if runs else "stratum"
     if strata:
         fig, axes = _panels(len(strata), 4.2, 3.4)
         for ax, st in zip(axes, strata):
@@ -370,11 +385,11 @@ def _plot_strata(task: str, groups: dict[str, list[dict]], out: Path) -> list[st
                 c = _mean_curve(rs, lambda r: (r.get("accuracy_by_stratum") or {}).get(st))
                 if c:
                     ax.plot(list(c), [v[0] for v in c.values()], "o-", ms=3, label=s)
-            ax.set_title(f"stratum {st}")
-            _budget_axis(ax, "synthetic samples")
+            ax.set_title(f"{name} {st}")
+            _budget_axis(ax, "synthetic samples", points=_budgets(runs))
         axes[0].set_ylabel("test accuracy (mean over seeds)")
         axes[-1].legend(fontsize=8)
-        fig.suptitle(f"{task}: accuracy per stratum")
+        fig.suptitle(f"{task}: accuracy per {name}")
         pngs.append(f"strata_{_slug(task)}.png")
         _savefig(fig, out / pngs[-1])
     mixes = {s: m for s, rs in sorted(groups.items()) if (m := selection_mix(rs))}
@@ -387,7 +402,7 @@ def _plot_strata(task: str, groups: dict[str, list[dict]], out: Path) -> list[st
             bottom = np.zeros(len(its))
             for st in names:
                 share = np.array([mix[it].get(st, 0.0) for it in its])
-                ax.bar(its, share, bottom=bottom, color=colors.get(st), label=f"stratum {st}")
+                ax.bar(its, share, bottom=bottom, color=colors.get(st), label=f"{name} {st}")
                 bottom += share
             ax.set_title(s)
             ax.set_xlabel("iteration")
@@ -409,7 +424,8 @@ def _plot_curves(task: str, groups: dict[str, list[dict]], out: Path) -> str:
         y, e = np.array([v[0] for v in c.values()]), np.array([v[1] for v in c.values()])
         ax.plot(x, y, "o-", label=f"{s} (n={len(rs)})")
         ax.fill_between(x, y - e, y + e, alpha=0.15)
-    _budget_axis(ax, "synthetic samples (budget spent)")
+    _budget_axis(ax, "synthetic samples (budget spent)",
+                 points=_budgets([r for rs in groups.values() for r in rs]))
     ax.set_ylabel("test accuracy (mean ± std over seeds)")
     ax.set_title(f"{task}: accuracy vs budget")
     ax.legend(fontsize=8)

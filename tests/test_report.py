@@ -245,3 +245,18 @@ def test_llm_teacher_runs_are_their_own_group_with_teacher_counts_per_iteration(
         {"replies": 4, "parsed": 4, "rejected": 1, "contaminated": 1, "kept": 2}
     md = (tmp_path / "report" / "report.md").read_text()
     assert "| basic_arithmetic / teacher vllm:my-teacher | random | 2 | 1 | 4 | 4 | 1 | 1 | 2 |" in md
+
+
+def test_budget_ticks_sit_at_the_evaluated_budgets_when_there_are_few():
+    import matplotlib.pyplot as plt
+
+    from activesyn_ray.report import _budget_axis
+
+    fig, (a, b) = plt.subplots(1, 2)
+    a.plot([0, 16, 32, 48], [0, 1, 2, 3])
+    _budget_axis(a, "synthetic samples", points=[0, 16, 32, 48, 16])
+    assert list(a.get_xticks()) == [0, 16, 32, 48]
+    b.plot(range(0, 1000, 10), range(100))  # 100 budgets: a few round ticks instead
+    _budget_axis(b, "synthetic samples", points=range(0, 1000, 10))
+    assert len(b.get_xticks()) <= 7
+    plt.close(fig)
