@@ -360,6 +360,36 @@ def selection_mix(runs: list[dict]) -> dict[int, dict[str, float]]:
             for it, mix in sorted(counts.items()) if (total := sum(mix.values())) > 0}
 
 
+def strata_rows(groups: dict[tuple[str, str], list[dict]]) -> list[dict]:
+    """Per (task, strategy) with strata: each stratum's share of all selected seeds, its share in
+    rounds 2+ (where a student-in-the-loop strategy has a trained student to look at), and its
+    final accuracy (mean over runs)."""
+    rows = []
+    for (task, strategy), runs in sorted(groups.items()):
+        strata = _strata(runs)
+        if not strata:
+            continue
+        picked, later = defaultdict(float), defaultdict(float)
+        for run in runs:
+            for r in run["metrics"]:
+                for st, c in (r.get("selected_by_stratum") or {}).items():
+                    picked[st] += c
+                    later[st] += c if r["iteration"] >= 2 else 0
+        finals = {st: [run["metrics"][-1].get("accuracy_by_stratum", {}).get(st)
+                       for run in runs if run["metrics"]] for st in strata}
+        share = lambda d, st: d[st] / sum(d.values()) if sum(d.values()) else None  # noqa: E731
+        rows.append({"task": task, "strategy": strategy, "runs": len(runs), "strata": {
+            st: {"share": share(picked, st), "share_later": share(later, st),
+                 "final_accuracy": float(np.mean(v)) if (v := [a for a in finals[st]
+                                                               if a is not None]) else None}
+            for st in strata}})
+    return rows
+
+
+def _pct(v) -> str:
+    return "—" if v is None else f"{100 * v:.0f}%"
+
+
 def _panels(n: int, width: float, height: float):
     """A grid of n panels, at most 4 a row (nine strategies stay readable); spare ones hidden."""
     cols = min(4, n)
@@ -556,6 +586,24 @@ def write_report(run_dirs: list[str | Path], out: str | Path,
            *_table(["task", "strategy", "iteration", "runs", *TEACHER_COUNTS],
                    [[r["task"], r["strategy"], r["iteration"], r["runs"],
                      *(r[k] for k in TEACHER_COUNTS)] for r in teacher_rows])]
+    mix_rows = strata_rows(groups)
+    if mix_rows:
+        md += ["", "## Budget and final accuracy per stratum", "",
+               "Share of the selected seeds per stratum over all rounds (rounds 2+ in brackets; "
+               "static draws everything at once), and the final accuracy per stratum (mean over "
+               "runs).", ""]
+        for task in sorted({r["task"] for r in mix_rows}):
+            mine = [r for r in mix_rows if r["task"] == task]
+            strata = sorted({st for r in mine for st in r["strata"]}, key=_natural)
+            name = groups[(task, mine[0]["strategy"])][0].get("stratum_name", "stratum")
+            md += _table(["task", "strategy", "runs", *(f"{name} {st}" for st in strata),
+                          "final accuracy per " + name],
+                         [[task, r["strategy"], r["runs"],
+                           *(f"{_pct(r['strata'].get(st, {}).get('share'))} "
+                             f"({_pct(r['strata'].get(st, {}).get('share_later'))})"
+                             for st in strata),
+                           " / ".join(_fmt(r["strata"].get(st, {}).get("final_accuracy"), 2)
+                                      for st in strata)] for r in mine]) + [""]
     md += ["", "## Seed-vs-synthetic rank correlation", "",
            *_table(["task", "strategy", "dataset-level rho (points)", "within-iteration rho (n)"],
                    [[r["task"], r["strategy"],
@@ -574,6 +622,7 @@ def write_report(run_dirs: list[str | Path], out: str | Path,
         return [[None if np.isnan(v) else float(v) for v in row] for row in m]
 
     summary = {"runs": [r["dir"] for r in runs], "table": rows, "teacher": teacher_rows,
+               "strata": mix_rows,
                "strategies": strategies,
                "win_rate": jsonable(wr),
                "win_rate_per_task": {t: jsonable(m) for t, m in per_task_wr.items()},

@@ -192,6 +192,14 @@ def test_report_and_run_plots_with_and_without_strata(tmp_path):
         assert (out / p).stat().st_size > 1000
     loss, rnd = sorted(summary["table"], key=lambda r: r["strategy"])
     assert loss["contaminated_mean"] == 9 and rnd["contaminated_mean"] is None
+    # budget per stratum: 8 / 9 / 13 of 30 seeds in all; 2 / 5 / 13 of 20 from round 2 on
+    (mix,) = summary["strata"]  # the old run without strata fields has no row
+    assert mix["strategy"] == "loss"
+    assert [mix["strata"][st]["share"] for st in "012"] == pytest.approx([8 / 30, 9 / 30, 13 / 30])
+    assert [mix["strata"][st]["share_later"] for st in "012"] == pytest.approx([0.1, 0.25, 0.65])
+    assert [mix["strata"][st]["final_accuracy"] for st in "012"] == pytest.approx([0.5, 0.25, 0.125])
+    assert "| basic_arithmetic | loss | 1 | 27% (10%) | 30% (25%) | 43% (65%) | 0.50 / 0.25 / 0.12 |" \
+        in (out / "report.md").read_text()
     for d in dirs:
         assert plot_run(d).stat().st_size > 1000
     # a report of old runs alone still writes its curves and no strata plots
