@@ -376,3 +376,19 @@ def test_local_ray_start_is_tried_again_after_a_startup_timeout(monkeypatch, cap
     with pytest.raises(Exception, match="some other"):
         runtime.start_local_ray(num_cpus=2)
     assert len(calls) == 3  # not retried
+
+
+def test_job_working_dir_package_is_the_code_without_the_results(tmp_path):
+    """`ray job submit --working-dir .` zips the repo as Ray's own packager does (honouring
+    .gitignore and .rayignore): the code and job files go, the committed run snapshots in docs/
+    (most of the repo's bytes) do not."""
+    import zipfile
+
+    from ray._private.runtime_env.packaging import create_package
+
+    target = tmp_path / "pkg.zip"
+    create_package(str(ROOT), target, include_gitignore=True, excludes=[".git", ".venv"])
+    names = zipfile.ZipFile(target).namelist()
+    assert "activesyn_ray/cli.py" in names and "jobs/quickstart.yaml" in names
+    assert not [n for n in names if n.startswith(("docs/", "runs/")) and not n.endswith("/")]
+    assert target.stat().st_size < 5e6
