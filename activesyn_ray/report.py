@@ -150,7 +150,7 @@ def plot_run(run_dir: str | Path) -> Path | None:
                            (axes[1], "teacher_tokens", "teacher tokens")):
         ax.plot([r[key] for r in m], [r["accuracy"] for r in m], "o-", label=run["strategy"])
         _budget_axis(ax, label, rotate=key == "teacher_tokens",
-                     points=[r[key] for r in m] if key == BUDGET else ())
+                     points=_budgets([run]) if key == BUDGET else ())
         ax.set_ylabel("test accuracy")
     axes[0].legend()
     if strata:
@@ -158,7 +158,7 @@ def plot_run(run_dir: str | Path) -> Path | None:
             pts = [(r["samples"], r["accuracy_by_stratum"][s]) for r in m
                    if s in (r.get("accuracy_by_stratum") or {})]
             axes[2].plot(*zip(*pts), "o-", ms=3, label=f"{run['stratum_name']} {s}")
-        _budget_axis(axes[2], "synthetic samples", points=[r[BUDGET] for r in m])
+        _budget_axis(axes[2], "synthetic samples", points=_budgets([run]))
         axes[2].set_ylabel("test accuracy")
         axes[2].legend(fontsize=8)
     fig.suptitle(f"{run['name']} — {run['task']} — {run['strategy']} (seed {run['seed']})")
