@@ -34,6 +34,7 @@ import json
 import os
 import shutil
 import time
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Literal
 
@@ -136,6 +137,32 @@ def train_adapter(run_cfg: RunConfig, mk: MakeTeacherConfig, pairs: list[dict]
     finally:
         group.shutdown()
     return metrics, files
+
+
+@contextmanager
+def elapsed_ticker(what: str, every_s: float = 1.0):
+    """A terminal line `what [elapsed]` redrawn every second while the block runs: training is one
+    remote call (minutes on a CPU) with no per-step report to draw a bar from. Off when stderr is
+    not a terminal (tqdm's disable=None), so pipes and logs get only the log lines."""
+    import threading
+
+    from tqdm import tqdm
+
+    bar = tqdm(total=None, bar_format=what + " [{elapsed}]", disable=None, leave=False)
+    stop = threading.Event()
+
+    def tick():
+        while not stop.wait(every_s):
+            bar.refresh()
+
+    t = threading.Thread(target=tick, daemon=True)
+    t.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        t.join()
+        bar.close()
 
 
 # ---------------------------------------------------------------------------- 3. merge + publish
@@ -261,7 +288,10 @@ def make_teacher(run_cfg: RunConfig, mk: MakeTeacherConfig, *, log=print) -> dic
         f"{mk.epochs} epoch(s)")
     init_ray(run_cfg.resources, log_to_driver=False)  # actors' library chatter off the console
     t0 = time.perf_counter()
-    metrics, files = train_adapter(run_cfg, mk, pairs)
+    ranks = run_cfg.resources.trainer.num_workers
+    steps = mk.epochs * -(-len(pairs) // (mk.micro_batch_size * ranks))
+    with elapsed_ticker(f"training: {steps} steps on {ranks} rank(s)"):
+        metrics, files = train_adapter(run_cfg, mk, pairs)
     train_s = time.perf_counter() - t0
     log(f"trained in {train_s:.0f} s: loss {metrics['loss_first_epoch']:.3f} (first epoch) -> "
         f"{metrics['loss_last_epoch']:.3f} (last), {metrics['steps']} steps")
