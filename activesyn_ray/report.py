@@ -7,15 +7,23 @@ Definitions (budget = synthetic samples; S = a strategy, B = a baseline, runs pa
     accuracy. B's curve is made monotone (running max of accuracy) and linearly interpolated between
     budget points; ratio = budget at which it first reaches S's accuracy at S's LAST point / S's
     budget at that point. > 1: B needs more than S spent; a strategy that ends below B gets < 1.
-    If B never reaches it, the ratio is a lower bound, B's largest budget / S's budget, shown as
-    `> 2.00x`; if B's first point already reaches it, an upper bound (B's first budget / S's budget,
-    `< 0.20x`). Bounds stay in the mean at their bound value and are counted.
+    B's runs may go past S's budget (e.g. to 2x), so the ratio is not capped at 1.00x by B stopping
+    where S stops. If B never reaches it, the ratio is a lower bound, B's largest budget / S's
+    budget, shown as `> 2.00x`; if B's first point already reaches it, an upper bound (B's first
+    budget / S's budget, `≤ 0.20x`). Bounds stay in the mean at their bound value and are counted;
+    with lower bounds among the seeds (and no upper ones) the mean and both ends of its interval
+    are lower bounds too, shown as `> 1.67x [1.50, 2.00]` (upper bounds alike with `≤`; with
+    both kinds the mean is neither). **Efficiency per seed** lists every seed's numbers; the
+    `efficiency_TASK_S.png` figures show S's and B's mean curves (95% intervals over the paired
+    seeds), S's final mean accuracy and where B's mean curve reaches it, for each B whose runs go
+    past S's budget.
   * **AUC** = area under the accuracy-vs-budget curve (trapezoid, linear between budget points) over
     the budget range every run of the task covers, divided by that range's width: a mean accuracy.
     **dAUC vs B** = S's AUC minus B's AUC, per seed.
-  * **Final - B** = S's accuracy at its last point minus B's at B's last point, per seed (the
-    fixed-budget comparison: both spent the whole budget). Baselines B: random and static, plus any
-    strategy named with `--baseline` (e.g. reward, to compare loss with it).
+  * **Final - B** = S's accuracy at its last point minus B's at that same budget (linear between
+    B's points; B's last point if B stopped earlier), per seed: the fixed-budget comparison, which
+    never credits B with the samples it spent past S's budget. Baselines B: random and static, plus
+    any strategy named with `--baseline` (e.g. reward, to compare loss with it).
   * Summaries over seeds are the mean with a 95% percentile bootstrap interval (10,000 resamples of
     the seeds, fixed RNG seed); with one seed, the single value and no interval.
   * **Win rate of S over T** = share of budget points both reached where S's mean accuracy over
@@ -192,11 +200,13 @@ def budget_to_reach(x: np.ndarray, y: np.ndarray, target: float) -> tuple[float,
 def efficiency_ratio(run_s: dict, run_b: dict, key: str = BUDGET) -> dict:
     """B's budget to match S's final accuracy / S's budget, for one pair of runs."""
     xs, ys = _curve(run_s, key)
+    xb, yb = _curve(run_b, key)  # all of B's curve: it may run past S's budget (e.g. to 2x)
     # S's target is its accuracy at its last point, not its running max: the best of several noisy
     # evaluations is biased upwards, and would let a strategy that ends below B score > 1.
-    need, bound = budget_to_reach(*_curve(run_b, key), float(ys[-1]))
+    need, bound = budget_to_reach(xb, yb, float(ys[-1]))
     return {"ratio": need / xs[-1], "bound": bound, "target": float(ys[-1]),
-            "baseline_budget": need, "strategy_budget": float(xs[-1])}
+            "baseline_budget": need, "strategy_budget": float(xs[-1]),
+            "baseline_max": float(xb[-1])}
 
 
 def bootstrap_mean(values: list[float], resamples: int = BOOTSTRAP_RESAMPLES,
@@ -228,10 +238,18 @@ def efficiency(runs_s: list[dict], runs_b: list[dict], key: str = BUDGET) -> dic
     pairs, unpaired = _pairs(runs_s, runs_b)
     per_seed = {s["seed"]: efficiency_ratio(s, b, key) for s, b in pairs}
     out = bootstrap_mean([e["ratio"] for e in per_seed.values()])
-    out.update(lower_bounds=sum(e["bound"] == "lower" for e in per_seed.values()),
-               upper_bounds=sum(e["bound"] == "upper" for e in per_seed.values()),
+    lower = sum(e["bound"] == "lower" for e in per_seed.values())
+    upper = sum(e["bound"] == "upper" for e in per_seed.values())
+    out.update(lower_bounds=lower, upper_bounds=upper, mean_bound=_mean_bound(lower, upper),
                unpaired=unpaired, per_seed=per_seed)
     return out
+
+
+def _mean_bound(lower: int, upper: int) -> str | None:
+    """What a mean that counts bounded seeds at their bound value is. A seed's true ratio lies above
+    its lower bound, so every resample's true mean does too: with lower bounds only, the mean and
+    both ends of its interval are lower bounds ("lower"); upper alike; with both kinds, neither."""
+    return "mixed" if lower and upper else "lower" if lower else "upper" if upper else None
 
 
 def common_range(runs: list[dict], key: str = BUDGET) -> tuple[float, float] | None:
@@ -260,22 +278,46 @@ def auc_difference(runs_s: list[dict], runs_b: list[dict], lo: float, hi: float)
 
 
 def final_difference(runs_s: list[dict], runs_b: list[dict]) -> dict:
-    """Paired (same seed) difference of the last point's accuracy S - B, over seeds."""
+    """Paired (same seed) S's accuracy at its last point minus B's at that budget, over seeds."""
     pairs, unpaired = _pairs(runs_s, runs_b)
-    per_seed = {s["seed"]: s["metrics"][-1]["accuracy"] - b["metrics"][-1]["accuracy"]
-                for s, b in pairs}
+    per_seed = {s["seed"]: _final(s)[1] - _accuracy_at(b, _final(s)[0]) for s, b in pairs}
     return {**bootstrap_mean(list(per_seed.values())), "unpaired": unpaired, "per_seed": per_seed}
 
 
-def _mean_curve(runs: list[dict], value=lambda r: r["accuracy"]) -> dict[float, tuple[float, float]]:
-    """x -> (mean, std) over the runs that have a value there."""
+def _final(run: dict) -> tuple[float, float]:
+    """(budget, accuracy) at the run's last point."""
+    x, y = _curve(run)
+    return float(x[-1]), float(y[-1])
+
+
+def _accuracy_at(run: dict, budget: float) -> float:
+    """Accuracy at `budget`, linear between points (the last point past the run's end): a baseline
+    that ran past S's budget is compared where S stopped, not credited with its extra samples."""
+    return float(np.interp(budget, *_curve(run)))
+
+
+def _by_budget(runs: list[dict], value=lambda r: r["accuracy"]) -> dict[float, list[float]]:
+    """x -> the values of the runs that have one there, in budget order."""
     by_x: dict[float, list[float]] = defaultdict(list)
     for run in runs:
         for r in run["metrics"]:
             v = value(r)
             if v is not None:
                 by_x[float(r[BUDGET])].append(v)
-    return {x: (float(np.mean(v)), float(np.std(v))) for x, v in sorted(by_x.items())}
+    return dict(sorted(by_x.items()))
+
+
+def _mean_curve(runs: list[dict], value=lambda r: r["accuracy"]) -> dict[float, tuple[float, float]]:
+    """x -> (mean, std) over the runs that have a value there."""
+    return {x: (float(np.mean(v)), float(np.std(v))) for x, v in _by_budget(runs, value).items()}
+
+
+def _ci_curve(runs: list[dict]) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """x, mean accuracy over the runs, its 95% bootstrap interval (the mean alone for one run)."""
+    stats = {x: bootstrap_mean(v) for x, v in _by_budget(runs).items()}
+    m = [s["mean"] for s in stats.values()]
+    lo, hi = zip(*(s["ci"] or (s["mean"], s["mean"]) for s in stats.values()))
+    return np.array(list(stats)), np.array(m), np.array(lo), np.array(hi)
 
 
 # ------------------------------------------------------------------------------ rank correlation
@@ -464,6 +506,67 @@ def _plot_curves(task: str, groups: dict[str, list[dict]], out: Path) -> str:
     return name
 
 
+def _mean_run(runs: list[dict]) -> dict:
+    """The runs' mean curve over seeds as a run, for efficiency_ratio."""
+    return {"metrics": [{BUDGET: x, "accuracy": m} for x, (m, _) in _mean_curve(runs).items()]}
+
+
+def _efficiency_panel(ax, strategy: str, base: str, runs_s: list[dict], runs_b: list[dict],
+                      e: dict, at: dict) -> None:
+    """S's and B's mean curves with 95% intervals, S's final mean accuracy, and where B's mean
+    curve first reaches it (`at`: efficiency_ratio of the mean curves, the rule used per seed)."""
+    for name, rs, color in ((strategy, runs_s, "C0"), (base, runs_b, "C1")):
+        x, m, lo, hi = _ci_curve(rs)
+        ax.plot(x, m, "o-", ms=3, color=color, label=f"{name} (n={len(rs)})")
+        ax.fill_between(x, lo, hi, color=color, alpha=0.2, lw=0)
+    ax.axhline(at["target"], color="C0", ls="--", lw=1,
+               label=f"{strategy} final: {at['target']:.3f} at {at['strategy_budget']:,.0f}")
+    mark = BOUND_MARK[at["bound"]]
+    if at["bound"] == "lower":
+        note = (f"{base}'s mean never reaches it\nwithin {at['baseline_max']:,.0f} "
+                f"({mark}{at['ratio']:.2f}x)")
+    else:
+        ax.axvline(at["baseline_budget"], color="C1", ls=":", lw=1.5)
+        ax.plot([at["baseline_budget"]], [at["target"]], "o", color="k", ms=4, zorder=5)
+        note = (f"{base}'s mean reaches it at {mark}{at['baseline_budget']:,.0f}\n"
+                f"= {mark}{at['ratio']:.2f}x {strategy}'s budget")
+    note += f"\nper seed: {fmt_efficiency(e)}"
+    ax.set_title(f"vs {base}", fontsize=10)
+    _budget_axis(ax, "synthetic samples", points=_budgets(runs_s + runs_b))
+    # rising curves leave the lower right empty: legend and reading there, in one box
+    ax.legend(fontsize=7.5, loc="lower right", title=note, title_fontsize=7.5, alignment="right",
+              framealpha=1)
+
+
+def _plot_efficiency(task: str, strategy: str, panels: dict, out: Path) -> str:
+    """efficiency_TASK_S.png: one panel per baseline (the paper's budget-efficiency figure)."""
+    fig, axes = _panels(len(panels), 5.2, 4.0)
+    for ax, (base, panel) in zip(axes, panels.items()):
+        _efficiency_panel(ax, strategy, base, *panel)
+    axes[0].set_ylabel("test accuracy (mean, 95% CI over seeds)")
+    fig.suptitle(f"{task}: {strategy}'s budget efficiency")
+    name = f"efficiency_{_slug(task)}_{_slug(strategy)}.png"
+    _savefig(fig, out / name)
+    return name
+
+
+def _efficiency_panels(strategy: str, g: dict[str, list[dict]], row: dict,
+                       baselines: tuple[str, ...]) -> dict:
+    """baseline -> (S runs, B runs, efficiency, mean-curve reading) over the paired seeds, for the
+    baselines whose runs go past S's budget (where the ratio can exceed 1). None for random and
+    static themselves: the figure is about a strategy beating them."""
+    panels = {}
+    for b in baselines:
+        if strategy in BASELINES or f"efficiency_vs_{b}" not in row:
+            continue
+        pairs, _ = _pairs(g[strategy], g[b])
+        runs_s, runs_b = [s for s, _ in pairs], [b_ for _, b_ in pairs]
+        if pairs and max(_budgets(runs_b)) > max(_budgets(runs_s)):
+            at = efficiency_ratio(_mean_run(runs_s), _mean_run(runs_b))
+            panels[b] = (runs_s, runs_b, row[f"efficiency_vs_{b}"], at)
+    return panels
+
+
 def _plot_win_rate(strategies: list[str], wr: np.ndarray, path: Path) -> None:
     fig, ax = plt.subplots(figsize=(1.5 + 0.8 * len(strategies), 1 + 0.7 * len(strategies)))
     im = ax.imshow(wr, vmin=0, vmax=1, cmap="RdYlGn")
@@ -490,18 +593,50 @@ def _fmt_ci(s: dict | None, d=3, unit="", notes=()) -> str:
     return f"{s['mean']:.{d}f}{unit}{ci} (" + "; ".join([f"n={s['n']}", *notes]) + ")"
 
 
-def fmt_efficiency(e: dict | None) -> str:
+BOUND_MARK = {"lower": "> ", "upper": "≤ ", "mixed": "", None: ""}  # what a bounded value is
+
+
+def fmt_efficiency(e: dict | None, explain: bool = False) -> str:
+    """mean [interval] (n; bounds), marked > / ≤ when the mean is a bound; `explain` says so in
+    words too (the per-seed table, where a reader checks the headline number)."""
     if not e or e["mean"] is None:
         return "—"
-    n = e["n"]
-    sign = ">" if e["lower_bounds"] == n else "<" if e["upper_bounds"] == n else ""
-    if sign:  # every seed is a bound: so is the mean
-        return f"{sign} {e['mean']:.2f}x" + (f" (n={n})" if n > 1 else "")
+    n, mark = e["n"], BOUND_MARK[e["mean_bound"]]
+    if n in (e["lower_bounds"], e["upper_bounds"]):  # every seed a bound of one kind: the mean too
+        return f"{mark}{e['mean']:.2f}x" + (f" (n={n})" if n > 1 else "")
     notes = [f"{k} {what} bound{'s' * (k > 1)}" for k, what in ((e["lower_bounds"], "lower"),
                                                               (e["upper_bounds"], "upper")) if k]
+    if explain and e["mean_bound"]:
+        notes.append("the mean is neither bound" if e["mean_bound"] == "mixed" else
+                     f"mean and interval are {e['mean_bound']} bounds")
     if e["unpaired"]:
         notes.append(f"{e['unpaired']} without a paired seed")
-    return _fmt_ci(e, 2, "x", notes)
+    return mark + _fmt_ci(e, 2, "x", notes)
+
+
+EFFICIENCY_HEADER = ["task", "strategy", "vs", "seed", "strategy budget",
+                     "strategy final accuracy", "baseline budget needed", "baseline ran to",
+                     "efficiency"]
+
+
+def efficiency_table(rows: list[dict], baselines: tuple[str, ...]) -> list[str]:
+    """Efficiency per seed (the numbers behind the headline ratio) and a mean row per (task,
+    strategy, baseline); no lines when no strategy has a baseline to compare with."""
+    out = []
+    for r in rows:
+        for b in baselines:
+            e = r.get(f"efficiency_vs_{b}")
+            if not e or not e["n"]:
+                continue
+            for seed, p in sorted(e["per_seed"].items()):
+                mark = BOUND_MARK[p["bound"]]
+                out.append([r["task"], r["strategy"], b, seed, f"{p['strategy_budget']:,.0f}",
+                            _fmt(p["target"]), f"{mark}{p['baseline_budget']:,.0f}",
+                            f"{p['baseline_max']:,.0f}", f"{mark}{p['ratio']:.2f}x"])
+            target = np.mean([p["target"] for p in e["per_seed"].values()])
+            out.append([r["task"], r["strategy"], b, "**mean**", "", _fmt(target), "", "",
+                        fmt_efficiency(e, explain=True)])
+    return _table(EFFICIENCY_HEADER, out) if out else []
 
 
 def _table(header: list[str], rows: list[list]) -> list[str]:
@@ -553,6 +688,10 @@ def write_report(run_dirs: list[str | Path], out: str | Path,
                     row[f"efficiency_vs_{base}"] = efficiency(rs, g[base])
                     row[f"auc_diff_vs_{base}"] = auc_difference(rs, g[base], *rng) if rng else None
                     row[f"final_diff_vs_{base}"] = final_difference(rs, g[base])
+            if panels := _efficiency_panels(s, g, row, baselines):
+                pngs.append(_plot_efficiency(t, s, panels, out))
+                for b, (*_, at) in panels.items():  # the figure's numbers, for the paper's text
+                    row[f"efficiency_mean_curve_vs_{b}"] = {**at, "figure": pngs[-1]}
             rows.append(row)
 
     strategies, wr = win_rates(groups)
@@ -570,6 +709,15 @@ def write_report(run_dirs: list[str | Path], out: str | Path,
                     fmt_efficiency(r.get("efficiency_vs_static")), _fmt(r["contaminated_mean"], 1)]
                    for r in rows])
     md = ["# activesyn report", "", __doc__.split("\n\n", 1)[1].strip(), "", *main]
+    per_seed = efficiency_table(rows, baselines)
+    if per_seed:
+        md += ["", "## Efficiency per seed", "",
+               "Samples the baseline needs to reach the strategy's accuracy at the strategy's "
+               "last point (its curve's running max, linear between points), / the strategy's "
+               "budget. `>`: the baseline never got there within the budget it ran to (a lower "
+               "bound); `≤`: its first point already had it (an upper bound). The mean row "
+               "counts bounds at their bound value (95% bootstrap interval over paired seeds).",
+               "", *per_seed]
     md += ["", "## Area under the curve: paired difference to the baselines", "",
            *(f"- {t}: AUC over samples {rng[0]:,.0f}–{rng[1]:,.0f}" if rng else
              f"- {t}: the runs share no budget range, no AUC" for t, rng in sorted(ranges.items())),
@@ -629,4 +777,6 @@ def write_report(run_dirs: list[str | Path], out: str | Path,
                "plots": pngs}
     atomic_write_json(out / "report.json", summary)
     print("\n".join(main))
+    if per_seed:
+        print("\nEfficiency per seed\n" + "\n".join(per_seed))
     return summary

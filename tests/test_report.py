@@ -85,6 +85,120 @@ def test_efficiency_the_bad_case_ends_lower_scores_below_one():
     assert e["ci"][0] <= e["mean"] <= e["ci"][1] <= 1.0 and e["lower_bounds"] == 0
 
 
+# S reaches 0.5 after 96 samples; B runs on to 2x that: 0 -> .25 at 96 -> .5 at 144 -> .6 at 192
+XS, BASE = [0, 48, 96], [0, 96, 144, 192]
+
+
+def test_efficiency_is_not_capped_when_the_baseline_runs_past_the_strategys_budget():
+    base = _curve(0, [0.0, 0.25, 0.5, 0.6], BASE)
+    e = efficiency([_curve(0, [0.0, 0.3, 0.5], XS)], [base])
+    p = e["per_seed"][0]
+    assert (p["baseline_budget"], p["strategy_budget"], p["baseline_max"]) == (144, 96, 192)
+    assert e["mean"] == pytest.approx(1.5) and p["bound"] is None and e["mean_bound"] is None
+    assert fmt_efficiency(e) == "1.50x (n=1)"
+    # between B's points: 0.55 is reached halfway from 144 to 192 -> 168 / 96
+    e = efficiency([_curve(0, [0.0, 0.3, 0.55], XS)], [base])
+    assert e["mean"] == pytest.approx(1.75)
+    # S's budget is its own last point: a run that stopped at 48 with 0.25 -> 96 / 48
+    assert efficiency([_curve(0, [0.0, 0.25], XS[:2])], [base])["mean"] == pytest.approx(2.0)
+
+
+def test_efficiency_never_reached_and_already_reached_are_bounds():
+    base = _curve(0, [0.0, 0.25, 0.5, 0.6], BASE)
+    e = efficiency([_curve(0, [0.0, 0.4, 0.7], XS)], [base])  # B tops out at 0.6 < 0.7
+    assert e["per_seed"][0]["bound"] == "lower" and e["mean"] == pytest.approx(192 / 96)
+    assert e["mean_bound"] == "lower" and fmt_efficiency(e) == "> 2.00x"
+    # B's first point (24 samples) already has S's 0.3: B needs at most 24 -> an upper bound 0.25x
+    e = efficiency([_curve(0, [0.0, 0.2, 0.3], XS)], [_curve(0, [0.35, 0.5, 0.6], [24, 96, 192])])
+    assert e["per_seed"][0]["bound"] == "upper" and e["mean"] == pytest.approx(24 / 96)
+    assert fmt_efficiency(e) == "≤ 0.25x"
+
+
+def test_efficiency_mean_over_seeds_counts_bounds_and_says_the_mean_is_a_bound():
+    runs_s = [_curve(s, [0.0, 0.3, a], XS) for s, a in enumerate([0.5, 0.55, 0.7])]
+    runs_b = [_curve(s, [0.0, 0.25, 0.5, 0.6], BASE) for s in range(3)]
+    e = efficiency(runs_s, runs_b)
+    assert {s: v["ratio"] for s, v in e["per_seed"].items()} == pytest.approx({0: 1.5, 1: 1.75,
+                                                                                2: 2.0})
+    # 3 resampled seeds all at 1.5 (or all at 2.0) have chance 1/27 > 2.5%: those are the ends
+    assert e["mean"] == pytest.approx(1.75) and e["ci"] == pytest.approx([1.5, 2.0])
+    assert e["lower_bounds"] == 1 and e["mean_bound"] == "lower"
+    assert fmt_efficiency(e) == "> 1.75x [1.50, 2.00] (n=3; 1 lower bound)"
+    assert fmt_efficiency(e, explain=True).endswith("; mean and interval are lower bounds)")
+    # a lower and an upper bound: the mean is neither, and says so
+    runs_b[0] = _curve(0, [0.55, 0.6], [24, 192])
+    e = efficiency(runs_s, runs_b)
+    assert e["mean_bound"] == "mixed" and e["mean"] == pytest.approx((0.25 + 1.75 + 2.0) / 3)
+    assert fmt_efficiency(e, explain=True).startswith("1.33x [")
+    assert "1 lower bound; 1 upper bound; the mean is neither bound" in fmt_efficiency(e, True)
+    # every seed never reached: the mean is a bound, its interval not shown
+    e = efficiency(runs_s[2:] + [_curve(3, [0.0, 0.8], [0, 96])],
+                   runs_b[2:] + [_curve(3, [0.0, 0.6], [0, 192])])
+    assert fmt_efficiency(e) == "> 2.00x (n=2)"
+
+
+def test_report_efficiency_per_seed_table_json_console_and_figure(tmp_path, capsys):
+    # k=48: learnability evaluated at 48, 96; random and static run on to 192 (static to 96 only)
+    dirs = [_run(tmp_path, "learnability", 0, [0.3, 0.5], k=48),
+            _run(tmp_path, "learnability", 1, [0.4, 0.7], k=48),
+            _run(tmp_path, "random", 0, [0.1, 0.25, 0.5, 0.6], k=48),
+            _run(tmp_path, "random", 1, [0.2, 0.3, 0.5, 0.65], k=48),
+            _run(tmp_path, "static", 0, [0.2, 0.3], k=48),
+            _run(tmp_path, "static", 1, [0.2, 0.8], k=48)]
+    out = tmp_path / "report"
+    summary = write_report(dirs, out)
+    row = next(r for r in summary["table"] if r["strategy"] == "learnability")
+    e = row["efficiency_vs_random"]
+    # seed 0: random reaches 0.5 at 144 -> 1.5x; seed 1: random tops out at 0.65 < 0.7 -> > 2.00x
+    assert {s: (v["ratio"], v["bound"]) for s, v in e["per_seed"].items()} == \
+        {0: (pytest.approx(1.5), None), 1: (pytest.approx(2.0), "lower")}
+    assert e["mean"] == pytest.approx(1.75) and e["ci"] == pytest.approx([1.5, 2.0])
+    # the figure's reading: learnability's final mean 0.6 at 96; random's mean curve is .5 at 144,
+    # .625 at 192 -> 144 + 48 * .1 / .125 = 182.4
+    at = row["efficiency_mean_curve_vs_random"]
+    assert at["target"] == pytest.approx(0.6) and at["baseline_budget"] == pytest.approx(182.4)
+    assert at["ratio"] == pytest.approx(1.9) and at["bound"] is None
+    # static stopped at 96 too: no panel (and no figure for random / static themselves)
+    assert "efficiency_mean_curve_vs_static" not in row
+    assert [p for p in summary["plots"] if p.startswith("efficiency")] == \
+        ["efficiency_basic_arithmetic_learnability.png"] == [at["figure"]]
+    assert (out / at["figure"]).stat().st_size > 10_000
+    md = (out / "report.md").read_text()
+    per_seed = md.split("## Efficiency per seed", 1)[1]
+    assert "| basic_arithmetic | learnability | random | 0 | 96 | 0.500 | 144 | 192 | 1.50x |" \
+        in per_seed
+    assert "| basic_arithmetic | learnability | random | 1 | 96 | 0.700 | > 192 | 192 | > 2.00x |" \
+        in per_seed
+    assert ("| **mean** |  | 0.600 |  |  | > 1.75x [1.50, 2.00] (n=2; 1 lower bound; mean and "
+            "interval are lower bounds) |") in per_seed
+    # vs static, which stopped at 96: seed 0 never reached, a bound at 1.00x (the old cap); seed 1
+    # reaches 0.7 at 48 + 48 * .5 / .6 = 88
+    st = row["efficiency_vs_static"]["per_seed"]
+    assert st[0]["bound"] == "lower" and st[0]["ratio"] == pytest.approx(1.0)
+    assert st[1]["baseline_budget"] == pytest.approx(88) and st[1]["bound"] is None
+    assert "| basic_arithmetic | learnability | static | 0 | 96 | 0.500 | > 96 | 96 | > 1.00x |" \
+        in per_seed
+    saved = json.loads((out / "report.json").read_text())["table"]
+    assert next(r for r in saved if r["strategy"] == "learnability")["efficiency_vs_random"][
+        "per_seed"]["1"]["bound"] == "lower"
+    printed = capsys.readouterr().out
+    assert "Efficiency per seed" in printed and "| 0 | 96 | 0.500 | 144 | 192 | 1.50x |" in printed
+
+
+def test_efficiency_figure_when_the_baselines_mean_never_gets_there(tmp_path):
+    dirs = [_run(tmp_path, "loss", 0, [0.4, 0.7], k=48),
+            _run(tmp_path, "random", 0, [0.1, 0.25, 0.5, 0.6], k=48)]
+    summary = write_report(dirs, tmp_path / "report", baselines=("loss",))
+    row = next(r for r in summary["table"] if r["strategy"] == "loss")
+    at = row["efficiency_mean_curve_vs_random"]
+    assert at["bound"] == "lower" and at["ratio"] == pytest.approx(2.0)
+    assert (tmp_path / "report" / at["figure"]).stat().st_size > 10_000
+    # random vs loss (--baseline): no figure for random, but its table rows; loss reaches random's
+    # 0.6 at 48 + 48 * .2 / .3 = 80 of random's 192
+    assert "| basic_arithmetic | random | loss | 0 | 192 | 0.600 | 80 | 96 | 0.42x |" in \
+        (tmp_path / "report" / "report.md").read_text()
+
+
 # ------------------------------------------------------------------------------------------- AUC
 def test_auc_and_paired_difference_with_interval():
     base = _curve(0, [0.1, 0.2, 0.3, 0.4])
@@ -154,8 +268,10 @@ def test_report_win_rates_per_task_and_across_tasks(tmp_path, capsys):
 
 
 def test_final_difference_is_paired_by_seed_and_extra_baselines_get_columns(tmp_path):
-    # last points: loss 0.6 / 0.3, random 0.4 / 0.4 -> per seed +0.2, -0.1; seed 2 has no pair
-    loss = [_curve(0, [0.1, 0.6]), _curve(1, [0.5, 0.3]), _curve(2, [0.9, 0.9])]
+    # loss ends at 0.6 / 0.1 after 20 samples; random has 0.4 / 0.2 there -> per seed +0.2, -0.1.
+    # Random's seed 1 runs on to 0.4 at 30: not counted (B's last point would give -0.3).
+    # Seed 2 has no pair.
+    loss = [_curve(0, [0.1, 0.6]), _curve(1, [0.5, 0.1]), _curve(2, [0.9, 0.9])]
     rnd = [_curve(0, [0.2, 0.4]), _curve(1, [0.1, 0.2, 0.4])]
     d = final_difference(loss, rnd)
     assert d["per_seed"] == {0: pytest.approx(0.2), 1: pytest.approx(-0.1)}
