@@ -6,7 +6,8 @@
               examples (and that they agree)
     trainer   samples/s with 1 and 2 DeepSpeed ranks (part `student`); part `trainer`: achieved
               FLOP/s on real tokens vs a plain torch matmul measured alongside (utilisation; MFU on
-              a GPU), padding share, padded vs packed batches, bf16 vs fp32 where the CPU has bf16
+              a GPU), padding share, padded vs packed batches, fp32 vs bf16-mixed and bf16-true
+              samples/s where the CPU has bf16, the fp32 and bf16 matmul rates with the bf16 flags
     growth    train seconds after 2, 4, 8 rounds, restart-each-round vs continue + replay
               (quadratic vs linear; not in the default parts: two loop runs, `--parts growth`)
     machine   always: CPU model, ISA flags (AVX-512, AMX, bf16), cores, load, torch / vLLM /
@@ -231,8 +232,12 @@ def summarize(r: dict) -> list[tuple[str, str, str]]:
                          f"(x{sync['full_weight_bytes'] / max(1, sync['adapter_bytes']):.0f})"))
     if tr := r.get("trainer"):
         gpu = tr["args"]["num_gpus"] > 0
-        for v, x in tr["variants"].items():
-            rows.append((f"trainer {v}: {'MFU' if gpu else 'utilisation'}",
+        order = tr.get("variant_order") or list(tr["variants"])  # bench.json sorts its keys
+        base = tr.get("baseline") or order[0]
+        for v in order:
+            x = tr["variants"][v]
+            rows.append((f"trainer {v} ({x.get('precision', x['dtype'])}): "
+                         f"{'MFU' if gpu else 'utilisation'}",
                          f"{100 * x['utilisation_vs_sustained']:.1f}% "
                          f"({x['achieved_gflops']:.1f} GFLOP/s)",
                          f"real tokens vs {x['dtype']} matmul alongside "
@@ -244,11 +249,21 @@ def summarize(r: dict) -> list[tuple[str, str, str]]:
             rows.append((f"trainer {v}: padding, speed",
                          f"{100 * x['padding_share']:.1f}%, x{x['speedup_vs_baseline']:.2f}",
                          f"{x['samples_per_s']:.2f} samples/s; first-epoch loss "
-                         f"{100 * x['loss_vs_baseline']:+.2f}% vs {next(iter(tr['variants']))}"))
-        if bv := tr.get("bf16_verdict"):
-            rows.append(("trainer bf16 / fp32", f"x{bv['speedup']:.2f}",
-                         f"first-epoch loss {100 * bv['loss_vs_fp32']:+.2f}%: "
-                         f"{'use bf16' if bv['use_bf16'] else 'keep fp32'} (faster and within 1%?)"))
+                         f"{100 * x['loss_vs_baseline']:+.2f}% vs {base}"))
+        if mm := tr.get("matmul"):
+            isa = tr["machine"]["isa"]
+            rows.append(("trainer matmul fp32 / bf16",
+                         f"{mm['float32']['sustained']:.1f} / {mm['bfloat16']['sustained']:.1f} "
+                         f"GFLOP/s", f"sustained, measured alongside; best call "
+                         f"{mm['float32']['burst']:.1f} / {mm['bfloat16']['burst']:.1f}; AVX-512 BF16 "
+                         f"{'yes' if isa.get('avx512_bf16') else 'no'}, AMX BF16 "
+                         f"{'yes' if isa.get('amx_bf16') else 'no'}"))
+        for mode, bv in tr.get("bf16_verdicts", {}).items():
+            fs, bs = bv["samples_per_s"]
+            rows.append((f"trainer {mode} / fp32", f"x{bv['speedup']:.2f}",
+                         f"{bs:.2f} vs {fs:.2f} samples/s; first-epoch loss "
+                         f"{100 * bv['loss_vs_fp32']:+.2f}%: "
+                         f"{'use ' + mode if bv['use'] else 'keep fp32'} (faster and within 1%?)"))
     if gr := r.get("growth"):
         for mode, m in gr["modes"].items():
             pts = " / ".join(f"{v:.0f}" for v in m["at"].values())

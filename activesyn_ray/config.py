@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 
 class ConfigError(ValueError):
@@ -153,10 +153,16 @@ class StudentConfig(_Group):
     """Prompt + target tokens per training/scoring example; longer ones are truncated."""
     max_new_tokens: int = Field(24, gt=0)
     """Greedy answer length for scoring and evaluation."""
-    dtype: Literal["auto", "float32", "bfloat16"] = "auto"
-    """auto: bf16 on GPU, fp32 on CPU (bf16 is ~10x slower on AVX2 CPUs; on AVX-512 BF16 ones the
-    trainer ran x2.2 faster but moved the loss +2.85%: `activesyn bench --parts trainer`); trainer
-    and scorers."""
+    dtype: Literal["auto", "float32", "bf16-mixed", "bf16-true", "bfloat16"] = "auto"
+    """Precision of the trainer and scorers. float32; bf16-mixed: bf16 matmuls under autocast, fp32
+    weights, LoRA weights, gradients, optimizer state, norms, softmax and loss (vLLM scorer: bf16
+    weights on GPU, fp32 on CPU); bf16-true (old name bfloat16): the whole model in bf16, fp32
+    master copies of the trained weights only (on an AVX-512 BF16 CPU x2.2 faster than fp32 but
+    the first-epoch loss +2.85%). auto: bf16-true on a GPU with bf16 (as before; not measured
+    there); on a CPU bf16-mixed only with AVX-512
+    BF16 or AMX AND once bf16-mixed is measured to hold fp32's accuracy (devices.py), fp32
+    elsewhere (bf16 is ~10x slower on AVX2 CPUs); the trainer says its choice at start-up.
+    `activesyn bench --parts trainer` compares them."""
     inference: Literal["auto", "vllm", "hf"] = "auto"
     """Engine of the scorer shards for greedy answers, `loss` and evaluation. vllm: frozen base +
     each round's LoRA adapter in vLLM; entropy, grad_embed, reward (and loss_gt, see vllm.loss_gt) run
@@ -191,6 +197,11 @@ class StudentConfig(_Group):
     max_restarts: int = Field(2, ge=0)
     """Restarts per phase when a trainer rank or scorer dies or hangs (the trainer restarts as a
     whole group: its ranks are one DeepSpeed collective); then the run stops with the reason."""
+
+    @field_validator("dtype")
+    @classmethod
+    def _old_dtype_name(cls, v: str) -> str:
+        return "bf16-true" if v == "bfloat16" else v  # job files from before bf16-mixed existed
 
     @model_validator(mode="after")
     def _vllm_serves_adapters(self) -> "StudentConfig":
@@ -311,6 +322,13 @@ class LearnabilityConfig(_Group):
     temperature: float = Field(1.0, gt=0, le=2)
     """strategy=learnability: sampling temperature of those answers (vLLM accepts up to 2).
     Defaults n=8, T=1.0 chosen on the validation split (docs/results.md, section 5)."""
+    shots: int = Field(0, ge=0, le=16)
+    """strategy=learnability: solved seed examples put before the question in the prompts of
+    those sampled answers ONLY (greedy answers, evaluation, losses and training keep the bare
+    prompt): `Question: q` / `Answer: <target>` blocks joined by a blank line, as the training
+    targets look, so an untrained student already writes `#### answer` and round 1's p is not 0
+    everywhere. Drawn from the seed pool, fixed per seed (run seed + the seed's id), never the
+    seed itself; each sampled answer is cut where it starts a next `Question:`. 0: bare prompt."""
 
 
 class SelectionConfig(_Group):

@@ -36,6 +36,11 @@ def _cpuinfo() -> tuple[str, set[str]]:
     return model or platform.machine(), flags
 
 
+def cpu_flags() -> set[str]:
+    """This CPU's ISA flags as /proc/cpuinfo names them (empty where it cannot be read)."""
+    return _cpuinfo()[1]
+
+
 def _version(name: str) -> str | None:
     try:
         return metadata.version(name)

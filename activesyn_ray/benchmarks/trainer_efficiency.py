@@ -12,10 +12,14 @@
     padding     share of the positions the blocks computed that were padding
 
 Variants train the same examples from the same fresh adapter, alternating, `--repeat` times each
-(medians): `padded` (student.packing: false: right-padded rows, logits everywhere), `packed`
-(student.packing: true, the default), and, where the hardware has bf16 arithmetic (AVX-512 BF16 /
-AMX, or a GPU), `packed-bf16` (student.dtype: bfloat16) to decide whether bf16 pays: it must be
-faster AND keep the first-epoch loss within 1% of fp32's.
+(medians). A variant is `<layout>[-<precision>]`: layout `padded` (student.packing: false:
+right-padded rows, logits everywhere) or `packed` (the default); precision (student.dtype)
+`float32`, `bf16-mixed` or `bf16-true` (`packed-bf16`, the old name, is packed-bf16-true), left out:
+float32 on a CPU, auto on a GPU. By default: padded, packed and, where the CPU has bf16 arithmetic
+(AVX-512 BF16 / AMX), packed-bf16-mixed and packed-bf16-true, each against fp32 packed: a bf16
+precision pays if it is faster AND keeps the first-epoch loss within 1% of fp32's. The matmul probe
+always measures fp32 AND bf16, so the bf16 rate is printed next to fp32's with the CPU's bf16 flags,
+also where the bf16 variants do not run (emulated bf16 would take ~10x fp32's time).
 
     python -m activesyn_ray.benchmarks.trainer_efficiency --out trainer.json     # SmolLM2-135M + LoRA
     python -m activesyn_ray.benchmarks.trainer_efficiency --num-gpus 1 --peak-tflops 989
@@ -37,6 +41,9 @@ LEVELS = [{"min_terms": 2, "max_terms": 2, "min_digits": 2, "max_digits": 2, "op
           {"min_terms": 3, "max_terms": 3, "min_digits": 2, "max_digits": 2, "operators": ["+", "-"],
            "allow_parentheses": False, "allow_negation": False}]
 LOSS_TOLERANCE = 0.01  # a variant must keep the first-epoch loss within 1% of the baseline's
+BF16_MODES = ("bf16-mixed", "bf16-true")  # the student.dtype values compared with fp32
+# variant names from before bf16-mixed
+OLD_NAMES = {"packed-bf16": "packed-bf16-true", "padded-bf16": "padded-bf16-true"}
 
 
 def parse_args(argv=None):
@@ -48,8 +55,8 @@ def parse_args(argv=None):
     p.add_argument("--epochs", type=int, default=1)
     p.add_argument("--repeat", type=int, default=2, help="timed runs per variant (medians)")
     p.add_argument("--variants", default="auto",
-                   help="comma list of padded, packed, packed-bf16; auto: bf16 only where the "
-                        "hardware has bf16 arithmetic")
+                   help="comma list of <padded|packed>[-<float32|bf16-mixed|bf16-true>]; auto: "
+                        "padded, packed, and the bf16 ones where the CPU has bf16 arithmetic")
     p.add_argument("--num-cpus", type=float, default=1, help="CPUs of the trainer rank")
     p.add_argument("--num-gpus", type=float, default=0, help="GPUs of the trainer rank")
     p.add_argument("--peak-tflops", type=float, default=None,
@@ -92,10 +99,86 @@ def train_flops(counts: dict[str, int], *, tokens: int, head_positions: int, lor
 
 def bf16_cpu() -> bool:
     """A CPU with bf16 arithmetic (on a GPU the trainer is bf16 already: student.dtype auto)."""
-    from activesyn_ray.benchmarks.machine import describe
+    from activesyn_ray.devices import probe
 
-    isa = describe(matmul=False)["isa"]
-    return isa["avx512_bf16"] or isa["amx_bf16"]
+    return probe(cuda=False).bf16_units
+
+
+def split_variant(variant: str, *, gpu: bool) -> tuple[str, str]:
+    """`packed-bf16-mixed` -> ("packed", "bf16-mixed"); no precision: float32 (CPU) / auto (GPU)."""
+    layout, _, precision = OLD_NAMES.get(variant, variant).partition("-")
+    if layout not in ("padded", "packed") or precision not in ("", "float32", *BF16_MODES):
+        raise SystemExit(f"--variants: unknown variant {variant!r} (<padded|packed>"
+                         f"[-<float32|bf16-mixed|bf16-true>])")
+    return layout, precision or ("auto" if gpu else "float32")
+
+
+def default_variants(*, gpu: bool) -> list[str]:
+    bf16 = not gpu and bf16_cpu()  # emulated bf16 would take ~10x fp32's time: not by default
+    return ["padded", "packed"] + ([f"packed-{m}" for m in BF16_MODES] if bf16 else [])
+
+
+def matmul_dtype(precision: str) -> str:
+    """The matmul a precision's trainer runs (the peak its utilisation is measured against)."""
+    return "float32" if precision == "float32" else "bfloat16"
+
+
+def matmul_rates(peaks: list[dict]) -> dict[str, dict[str, float]]:
+    """Each dtype's matmul over all probes: mean sustained rate, best single call (GFLOP/s)."""
+    return {dt: {"sustained": round(statistics.mean(p[dt]["gflops_sustained"] for p in peaks), 2),
+                 "burst": round(max(p[dt]["gflops_best"] for p in peaks), 2)} for dt in peaks[0]}
+
+
+def bf16_verdicts(rows: dict[str, dict]) -> dict[str, dict]:
+    """Each bf16 precision that ran against fp32 (packed preferred): faster, and the first-epoch
+    loss within LOSS_TOLERANCE of fp32's?"""
+    def pick(precision):
+        found = [v for v, r in rows.items() if r["precision"] == precision]
+        return next((v for v in found if rows[v]["packed"]), found[0] if found else None)
+
+    base, out = pick("float32"), {}
+    for mode in BF16_MODES:
+        v = pick(mode)
+        if base is None or v is None:
+            continue
+        b, f = rows[v], rows[base]
+        loss = b["loss_first_epoch"] / f["loss_first_epoch"] - 1
+        faster, close = b["loop_seconds"] < f["loop_seconds"], abs(loss) <= LOSS_TOLERANCE
+        out[mode] = {"variant": v, "baseline": base,
+                     "samples_per_s": [f["samples_per_s"], b["samples_per_s"]],
+                     "speedup": round(f["loop_seconds"] / b["loop_seconds"], 3),
+                     "loss_vs_fp32": round(loss, 6), "faster": faster,
+                     "within_loss_tolerance": close, "use": faster and close}
+    return out
+
+
+def precision_lines(r: dict, *, gpu: bool, threads: int) -> list[str]:
+    """fp32 vs bf16: the matmul rates with the bf16 flags, then each bf16 precision's verdict (or
+    why it did not run)."""
+    from activesyn_ray.devices import BF16_CPU_FLAGS
+
+    f, b = r["matmul"]["float32"], r["matmul"]["bfloat16"]
+    where = f"GPU {r['machine'].get('gpu')}" if gpu else "CPU " + ", ".join(
+        f"{flag} {'yes' if r['machine']['isa'].get(flag) else 'no'}" for flag in BF16_CPU_FLAGS)
+    ratio = b["sustained"] / f["sustained"]
+    lines = [f"trainer matmul fp32 vs bf16 ({threads} thread(s), alongside): "
+             f"{f['sustained']:.1f} vs {b['sustained']:.1f} GFLOP/s sustained (bf16 x{ratio:.2f}), "
+             f"best call {f['burst']:.1f} vs {b['burst']:.1f}; {where}"]
+    for mode in BF16_MODES:
+        if bv := r["bf16_verdicts"].get(mode):
+            fs, bs = bv["samples_per_s"]
+            lines.append(f"trainer {mode} vs fp32 ({bv['variant']} vs {bv['baseline']}): "
+                         f"{bs:.2f} vs {fs:.2f} samples/s (x{bv['speedup']:.2f}), first-epoch loss "
+                         f"{100 * bv['loss_vs_fp32']:+.2f}%: "
+                         f"{'use ' + mode if bv['use'] else 'keep fp32'} (faster and within "
+                         f"{100 * LOSS_TOLERANCE:.0f}%?)")
+        elif not gpu:
+            units = any(r["machine"]["isa"].get(flag) for flag in BF16_CPU_FLAGS)
+            why = "no fp32 or no such variant in --variants" if units else \
+                f"this CPU has no {'/'.join(BF16_CPU_FLAGS)}: bf16 is emulated, ~10x slower"
+            lines.append(f"trainer {mode} vs fp32: not run ({why}; `--variants "
+                         f"packed,packed-{mode}` runs it)")
+    return lines
 
 
 def main(argv=None) -> dict:
@@ -110,9 +193,9 @@ def main(argv=None) -> dict:
     from activesyn_ray.student.trainer import TrainerWorker
     from activesyn_ray.tasks import build_task
 
-    variants = a.variants.split(",") if a.variants != "auto" else \
-        ["padded", "packed"] + (["packed-bf16"] if not a.num_gpus and bf16_cpu() else [])
     gpu = a.num_gpus > 0
+    variants = a.variants.split(",") if a.variants != "auto" else default_variants(gpu=gpu)
+    split = {v: split_variant(v, gpu=gpu) for v in variants}
     # every variant's rank and the matmul probe stay alive side by side: on a GPU they share it
     # (they never compute at the same time: the runs alternate)
     share = a.num_gpus / (len(variants) + 1) if gpu else 0
@@ -123,31 +206,34 @@ def main(argv=None) -> dict:
                      "seed_size": a.examples + 8, "test_size": 8},
             "student": {"model": a.model, "lora": {"r": 8, "alpha": 16}, "epochs": a.epochs,
                         "lr": 1e-3, "micro_batch_size": a.micro, "max_seq_len": a.max_seq_len,
-                        "packing": variant != "padded",
-                        "dtype": "bfloat16" if variant.endswith("bf16") else
-                        ("auto" if gpu else "float32")},
+                        "packing": split[variant][0] == "packed",
+                        "dtype": split[variant][1]},
             "resources": {"trainer": {"num_workers": 1, "num_cpus": a.num_cpus,
                                       "num_gpus": share}},
         })
 
-    cfg = cfg_for("packed")
+    cfg = cfg_for(variants[0])
     task = build_task(cfg.task, seed=0)
     seeds, _ = task.splits()
     data = [{"question": e.question, "target": task.target(e)} for e in seeds]
     warm, timed = data[:8], data[8:8 + a.examples]
     counts = param_counts(a.model, cfg.student.lora)
-    ray.init(address="local", num_cpus=4, include_dashboard=False,
+    # every variant's rank and the probe are alive at once
+    ray.init(address="local", num_cpus=max(4, int(a.num_cpus) * (len(variants) + 1)),
+             include_dashboard=False,
              runtime_env={"env_vars": worker_env()}, log_to_driver=False)
     device = "cuda" if gpu else "cpu"
     probe = ray.remote(num_cpus=a.num_cpus, num_gpus=share)(matmul_gflops)
-    dtypes = sorted({("bfloat16" if v.endswith("bf16") or gpu else "float32") for v in variants})
+    dtypes = ("float32", "bfloat16")  # both always: the bf16 rate beside fp32's, on any box
 
     def peak() -> dict[str, dict]:
         return {dt: ray.get(probe.remote(dtype=dt, threads=max(1, int(a.num_cpus)), device=device,
                                          sizes=(4096, 8192) if gpu else (512, 1024),
                                          seconds=2.0)) for dt in dtypes}
 
+    # the variants' order is lost in the JSON (sorted keys): name the baseline
     results: dict = {"model": a.model, "args": vars(a), "machine": describe(matmul=False),
+                     "variant_order": variants, "baseline": variants[0],
                      "param_counts": counts, "peaks": [], "variants": {}}
     groups = {}
     try:
@@ -173,7 +259,8 @@ def main(argv=None) -> dict:
     base_loss = statistics.median(r["loss_first_epoch"] for r in runs[variants[0]])
     for v in variants:
         rs = runs[v]
-        dt = "bfloat16" if v.endswith("bf16") or gpu else "float32"
+        precision = rs[0]["precision"]  # as the rank resolved it (auto: its probe)
+        dt = matmul_dtype(precision)
         sustained = statistics.mean(p[dt]["gflops_sustained"] for p in results["peaks"])
         burst = max(p[dt]["gflops_best"] for p in results["peaks"])
         loop_s = statistics.median(r["loop_seconds"] for r in rs)
@@ -185,7 +272,8 @@ def main(argv=None) -> dict:
                                lora=cfg.student.lora is not None)
         achieved = useful / loop_s / 1e9
         loss = statistics.median(r["loss_first_epoch"] for r in rs)
-        row = {"dtype": dt, "packed": r0["packed"], "loop_seconds": round(loop_s, 3),
+        row = {"dtype": dt, "precision": precision, "packed": r0["packed"],
+               "loop_seconds": round(loop_s, 3),
                "loop_seconds_all": [round(r["loop_seconds"], 3) for r in rs],
                "samples_per_s": round(r0["samples"] / loop_s, 3),
                "tokens": r0["tokens"], "positions": r0["positions"], "label_tokens": r0["label_tokens"],
@@ -218,17 +306,10 @@ def main(argv=None) -> dict:
               + f"; padding {100 * row['padding_share']:.1f}%; x{row['speedup_vs_baseline']:.2f} vs "
               f"{variants[0]}; first-epoch loss {row['loss_first_epoch']:.4f} "
               f"({100 * row['loss_vs_baseline']:+.2f}%)", flush=True)
-    if "packed-bf16" in results["variants"]:
-        b, f = results["variants"]["packed-bf16"], results["variants"]["packed"]
-        faster = b["loop_seconds"] < f["loop_seconds"]
-        close = abs(b["loss_first_epoch"] / f["loss_first_epoch"] - 1) <= LOSS_TOLERANCE
-        results["bf16_verdict"] = {
-            "faster": faster, "speedup": round(f["loop_seconds"] / b["loop_seconds"], 3),
-            "loss_vs_fp32": round(b["loss_first_epoch"] / f["loss_first_epoch"] - 1, 6),
-            "use_bf16": faster and close}
-        print(f"trainer bf16 vs fp32 (packed): x{results['bf16_verdict']['speedup']:.2f}, "
-              f"first-epoch loss {100 * results['bf16_verdict']['loss_vs_fp32']:+.2f}%: "
-              f"{'use bf16' if faster and close else 'keep fp32'}", flush=True)
+    results["matmul"] = matmul_rates(results["peaks"])
+    results["bf16_verdicts"] = bf16_verdicts(results["variants"])
+    for line in precision_lines(results, gpu=gpu, threads=max(1, int(a.num_cpus))):
+        print(line, flush=True)
     write_result(a.out, results)
     return results
 

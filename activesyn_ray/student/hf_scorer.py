@@ -12,6 +12,9 @@ It can do every piece of scoring work (see student/scoring.py for which column n
   rewards       a sequence-classification reward model's score of prompt + answer text
 Examples are processed in chunks of `batch_size` (right padding for the teacher-forced passes);
 results do not depend on how examples are split into shards (tests check S=2 == S=1).
+Under student.dtype bf16-mixed the weights stay fp32 and every forward pass runs under the
+trainer's autocast: the scores are those of the function the adapter was trained as, and a CPU or
+GPU with bf16 units scores faster too (log-softmax, entropy and the losses are fp32 either way).
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ import contextlib
 
 import torch
 
-from activesyn_ray.devices import resolve_dtype
+from activesyn_ray.devices import autocast, student_precision, weight_dtype
 from activesyn_ray.models import resolve_model
 from activesyn_ray.student.data import IGNORE, collate, encode, left_pad, per_example_nll
 from activesyn_ray.student.trainer import peft_lora_config
@@ -40,7 +43,8 @@ class HFScorer:
 
         self.cfg, self.scfg, self.tokenizer, self.batch_size = cfg, cfg.student, tokenizer, batch_size
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        self.dtype = resolve_dtype(self.scfg.dtype, cuda=self.device.type == "cuda")
+        self.precision, _ = student_precision(self.scfg.dtype, cuda=self.device.type == "cuda")
+        self.dtype = weight_dtype(self.precision)  # bf16 only for bf16-true
         model = AutoModelForCausalLM.from_pretrained(resolve_model(self.scfg.model),
                                                      dtype=self.dtype).to(self.device)
         model.requires_grad_(False)
@@ -90,6 +94,11 @@ class HFScorer:
             return self.model.disable_adapter()
         return contextlib.nullcontext()
 
+    def _autocast(self):
+        """bf16 matmuls for bf16-mixed, around model calls only: what the scores compute from the
+        logits (log-softmax, BADGE's projection) stays fp32."""
+        return autocast(self.precision, cuda=self.device.type == "cuda")
+
     # ------------------------------------------------------------------ work
     @torch.no_grad()
     def greedy(self, prompts: list[list[int]]) -> list[list[int]]:
@@ -98,9 +107,10 @@ class HFScorer:
         with self._maybe_disabled():
             for part in chunks(prompts, self.batch_size):
                 ids, mask = left_pad(part, self.tokenizer.pad_token_id)
-                out = self.model.generate(input_ids=ids.to(self.device),
-                                          attention_mask=mask.to(self.device),
-                                          generation_config=self._gen_config)
+                with self._autocast():
+                    out = self.model.generate(input_ids=ids.to(self.device),
+                                              attention_mask=mask.to(self.device),
+                                              generation_config=self._gen_config)
                 for row in out[:, ids.shape[1]:].tolist():
                     answers.append(row[:row.index(eos) + 1] if eos in row else row)
         return answers
@@ -122,8 +132,10 @@ class HFScorer:
         with self._maybe_disabled():
             for part in chunks(prompts, max(1, self.batch_size // n)):
                 ids, mask = left_pad(part, self.tokenizer.pad_token_id)
-                gen = self.model.generate(input_ids=ids.to(self.device),
-                                          attention_mask=mask.to(self.device), generation_config=cfg)
+                with self._autocast():
+                    gen = self.model.generate(input_ids=ids.to(self.device),
+                                              attention_mask=mask.to(self.device),
+                                              generation_config=cfg)
                 rows = gen[:, ids.shape[1]:].tolist()
                 for i in range(len(part)):
                     out.append([r[:r.index(eos) + 1] if eos in r else r
@@ -151,7 +163,8 @@ class HFScorer:
         rows = [(p + a, [IGNORE] * len(p) + a) for p, a in zip(prompts, answers)]
         batch = {k: v.to(self.device) for k, v in collate(rows, self.tokenizer.pad_token_id).items()}
         labels = batch.pop("labels")
-        logits = self.model(**batch).logits
+        with self._autocast():
+            logits = self.model(**batch).logits
         # position t-1 predicts label t: keep only the answer positions
         sel = labels[:, 1:] != IGNORE
         z = logits[:, :-1][sel].float()                     # [tokens, vocab]
@@ -187,7 +200,9 @@ class HFScorer:
                 batch = {k: v.to(self.device)
                          for k, v in collate(feats, self.tokenizer.pad_token_id).items()}
                 labels = batch.pop("labels")
-                out += per_example_nll(self.model(**batch).logits, labels).tolist()
+                with self._autocast():
+                    logits = self.model(**batch).logits
+                out += per_example_nll(logits, labels).tolist()
         return out
 
     # ------------------------------------------------------------------ reward model
@@ -213,7 +228,8 @@ class HFScorer:
                     for ex, t in zip(examples[at:at + self.batch_size],
                                      texts[at:at + self.batch_size])]
             batch = collate(rows, rm.config.pad_token_id)
-            logits = rm(input_ids=batch["input_ids"].to(self.device),
-                        attention_mask=batch["attention_mask"].to(self.device)).logits
+            with self._autocast():
+                logits = rm(input_ids=batch["input_ids"].to(self.device),
+                            attention_mask=batch["attention_mask"].to(self.device)).logits
             out += logits[:, 0].float().tolist()
         return out

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from activesyn_ray.actors import set_threads
-from activesyn_ray.devices import peak_rss_bytes, resolve_dtype
+from activesyn_ray.devices import autocast, peak_rss_bytes, precision_line, student_precision
 from activesyn_ray.models import resolve_model
 from activesyn_ray.student import trainer_state
 from activesyn_ray.student.data import IGNORE, collate, encode, pack, packed_nll, per_example_nll
@@ -76,7 +76,10 @@ class TrainerWorker:
         self.rank, self.world_size, self.cfg = rank, world_size, cfg
         self.scfg = cfg.student
         self.cuda = torch.cuda.is_available()
-        self.dtype = resolve_dtype(self.scfg.dtype, cuda=self.cuda)
+        # float32 | bf16-mixed | bf16-true; auto probes this node's hardware (devices.py)
+        self.precision, why = student_precision(self.scfg.dtype, cuda=self.cuda)
+        if rank == 0:  # one line per run: the driver keeps `[activesyn]` lines on the console
+            print(f"[activesyn] {precision_line(self.scfg.dtype, self.precision, why)}", flush=True)
         self.model_path = resolve_model(self.scfg.model)
         self.tokenizer = AutoTokenizer.from_pretrained(self.model_path)
         self.engine = None
@@ -118,7 +121,8 @@ class TrainerWorker:
             self.engine.destroy()  # removes its ZeRO grad hooks from the old parameters
             self.engine = None
             gc.collect()
-        # fp32 weights in: with bf16 on, DeepSpeed casts the module and keeps fp32 master copies.
+        # fp32 weights in: bf16-true has DeepSpeed cast the module and keep fp32 master copies;
+        # bf16-mixed keeps the module fp32 and autocasts the forward (DeepSpeed's torch_autocast).
         model = AutoModelForCausalLM.from_pretrained(self.model_path, dtype=torch.float32)
         torch.manual_seed(self.cfg.seed)
         if self.scfg.lora is not None:
@@ -133,10 +137,16 @@ class TrainerWorker:
             "train_batch_size": self.scfg.micro_batch_size * self.scfg.grad_accum * self.world_size,
             "gradient_clipping": 1.0,
             "zero_optimization": {"stage": self.scfg.zero_stage},
-            "bf16": {"enabled": self.dtype == torch.bfloat16},
+            "bf16": {"enabled": self.precision == "bf16-true"},
             "steps_per_print": 10**9,
             "wall_clock_breakdown": False,
         }
+        if self.precision == "bf16-mixed":
+            # DeepSpeed's forward turns off an autocast opened outside it: it must open its own.
+            # No lower-precision modules: gradients are reduced in fp32 (DeepSpeed would send
+            # those of Linear weights, LoRA's included, in bf16).
+            ds_config["torch_autocast"] = {"enabled": True, "dtype": "bfloat16",
+                                           "lower_precision_safe_modules": []}
         self.engine, *_ = deepspeed.initialize(model=model, optimizer=optimizer, config=ds_config)
         self.holds = FRESH
 
@@ -237,12 +247,14 @@ class TrainerWorker:
                 "loss_last_epoch": epoch_losses[-1] if epoch_losses else float("nan"),
                 "steps": steps, "samples": samples * self.world_size,
                 "seconds": time.perf_counter() - t0, "loop_seconds": time.perf_counter() - t_loop,
-                "packed": packing, **self._sum_across_ranks(work), **clock}
+                "packed": packing, "precision": self.precision, **self._sum_across_ranks(work),
+                **clock}
 
     def _example_losses(self, rows: list, packing: bool) -> tuple[torch.Tensor, int]:
         """(per-example mean answer NLL of one micro batch, positions computed). Packed: one row
         without padding, logits only where a label is (data.pack); else right-padded rows and
-        logits everywhere. The same numbers either way (to float rounding)."""
+        logits everywhere. The same numbers either way (to float rounding). The loss is fp32 in
+        every precision: computed from the logits cast to float, outside the forward's autocast."""
         engine = self.engine
         if packing:
             p = {k: v.to(engine.device) for k, v in pack(rows).items()}
@@ -277,8 +289,9 @@ class TrainerWorker:
                 alone = torch.cat(alone)
             engine.train()
             err = (packed - alone).abs().max().item()
-            # mixing examples moves logits by O(their size); bf16 rounding alone by ~1%
-            tol = 1e-3 if self.dtype == torch.float32 else 3e-2
+            # mixing examples moves logits by O(their size); bf16 rounding alone (bf16-true, or
+            # bf16-mixed's bf16 matmuls of differently shaped inputs) by ~1%
+            tol = 1e-3 if self.precision == "float32" else 3e-2
             self._packs = bool(err <= tol * max(1.0, alone.abs().max().item()))
             if not self._packs:
                 import logging
@@ -312,7 +325,10 @@ class TrainerWorker:
                 batch = {k: v.to(engine.device) for k, v in
                          collate(feats[i:i + batch_size], self.tokenizer.pad_token_id).items()}
                 labels = batch.pop("labels")
-                total += per_example_nll(engine.module(**batch).logits, labels).sum().item()
+                # engine.module skips the engine's forward and its torch_autocast: autocast here
+                with autocast(self.precision, cuda=self.cuda):
+                    logits = engine.module(**batch).logits
+                total += per_example_nll(logits, labels).sum().item()
         engine.train()
         return self._mean_across_ranks(total, len(feats))
 
