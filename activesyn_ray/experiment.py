@@ -11,9 +11,18 @@
         arithmetic: {}
         chain_sum: {task.name: chain_sum}
       seeds_by_strategy: {loss: [0, 1]}   # optional: fewer (or other) seeds for some strategies
+      overrides_by_strategy:          # optional: settings of one strategy's runs only
+        random: {budget.samples: 384} #   e.g. baselines run to 2x the budget, so the report can
+        static: {budget.samples: 384} #   say how many samples random needs to reach loss's final
 
 A task entry may also narrow the grid for itself with the reserved keys `strategies:` and
 `seeds:` (e.g. a teacher-mode ablation run only for random and loss).
+
+A run's settings are applied in this order, later ones winning: `overrides`, the task's entry,
+`overrides_by_strategy` of its strategy, the command line's `--set`s, then the cell itself
+(selection.strategy, seed, name, output.run_dir). The run directory never depends on the overrides,
+so adding `overrides_by_strategy` to a grid whose runs exist leaves them in place: a finished run
+is still skipped (with a warning naming each setting it was run with that the grid now changes).
 
 Runs go to OUTPUT_ROOT/<name>/<task>/<strategy>-s<seed>; a finished run is skipped and an unfinished
 one resumed, so re-submitting the same experiment after a crash only does the missing work.
@@ -25,7 +34,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from activesyn_ray.config import ConfigError, load_config
 
@@ -36,6 +45,8 @@ class Grid(BaseModel):
     strategies: list[str] = Field(default_factory=lambda: ["random", "loss"])
     tasks: dict[str, dict[str, Any]] = Field(default_factory=lambda: {"default": {}})
     seeds_by_strategy: dict[str, list[int]] = Field(default_factory=dict)
+    overrides_by_strategy: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    """strategy -> overrides for that strategy's runs (after the grid's and the task's)."""
     first: list[str] = Field(default_factory=list)
     """The primary comparison, as `strategy` or `task/strategy`: its runs (all seeds) go before
     every other run."""
@@ -67,6 +78,18 @@ class Grid(BaseModel):
                         out.append((seed, name, strategy, over))
         return out
 
+    @model_validator(mode="after")
+    def _known_strategies(self) -> "Grid":
+        """A misspelt strategy under overrides_by_strategy / seeds_by_strategy would silently
+        apply to nothing."""
+        used = set(self.strategies).union(*(t["strategies"] for t in self.tasks.values()
+                                            if isinstance(t.get("strategies"), list)))
+        for field in ("overrides_by_strategy", "seeds_by_strategy"):
+            if unknown := sorted(set(getattr(self, field)) - used):
+                raise ValueError(f"{field}: {', '.join(unknown)} not among the grid's strategies "
+                                 f"({', '.join(sorted(used))})")
+        return self
+
 
 class Experiment(BaseModel):
     model_config = ConfigDict(extra="forbid")
@@ -75,6 +98,20 @@ class Experiment(BaseModel):
     overrides: dict[str, Any] = Field(default_factory=dict)
     grid: Grid = Field(default_factory=Grid)
     root: str = "runs"
+
+    def runs(self, extra: list[str] = ()) -> list[tuple[str, list[str]]]:
+        """(cell name `task/strategy-sSEED`, the run's `--set`s) per grid cell, in run order; pure
+        (load_experiment validates each against the base config)."""
+        out = []
+        for seed, task_name, strategy, task_over in self.grid.cells():
+            # a string join, not Path: the root may be a storage URI (s3://...)
+            run_dir = f"{self.root.rstrip('/')}/{self.name}/{task_name}/{strategy}-s{seed}"
+            sets = _as_sets(self.overrides) + _as_sets(task_over) + \
+                _as_sets(self.grid.overrides_by_strategy.get(strategy, {})) + list(extra) + [
+                    f"selection.strategy={strategy}", f"seed={seed}",
+                    f"name={self.name}-{task_name}", f"output.run_dir={run_dir}"]
+            out.append((f"{task_name}/{strategy}-s{seed}", sets))
+        return out
 
 
 def _as_sets(d: dict[str, Any]) -> list[str]:
@@ -91,18 +128,38 @@ def load_experiment(path: str | Path, extra: list[str] = ()) -> tuple[Experiment
         raise ConfigError(f"experiment error in {path}: {err}") from None
     base = (path.parent / exp.base).resolve()
     runs = []
-    for seed, task_name, strategy, task_over in exp.grid.cells():
-        # a string join, not Path: the root may be a storage URI (s3://...)
-        run_dir = f"{exp.root.rstrip('/')}/{exp.name}/{task_name}/{strategy}-s{seed}"
-        sets = _as_sets(exp.overrides) + _as_sets(task_over) + list(extra) + [
-            f"selection.strategy={strategy}", f"seed={seed}", f"name={exp.name}-{task_name}",
-            f"output.run_dir={run_dir}"]
+    for cell, sets in exp.runs(extra):
         try:
             load_config(base, sets)  # raises ConfigError naming the field
         except ConfigError as err:
-            raise ConfigError(f"{path}: grid cell {task_name}/{strategy}-s{seed}: {err}") from None
+            raise ConfigError(f"{path}: grid cell {cell}: {err}") from None
         runs.append((str(base), sets))
     return exp, runs
+
+
+def _flat(d: dict, prefix: str = "") -> dict[str, Any]:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict) and v:
+            out.update(_flat(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def changed_settings(store, cfg) -> list[str]:
+    """`key: was -> now` for each setting of an existing run directory's config.yaml that `cfg`
+    (what the grid implies now) sets differently: such a run is skipped or resumed as it was
+    started, so the grid's new value does NOT apply to it."""
+    from activesyn_ray import runstore
+
+    try:
+        was = _flat(load_config(store.path(runstore.CONFIG)).model_dump(mode="json"))
+    except (ConfigError, OSError):
+        return []
+    now = _flat(cfg.model_dump(mode="json"))
+    return [f"{k}: {was.get(k)!r} -> {now.get(k)!r}" for k in sorted(set(was) | set(now))
+            if was.get(k) != now.get(k)]
 
 
 def run_experiment(path: str | Path, extra: list[str] = (), *, report_dir: str | Path | None = None,
@@ -129,6 +186,10 @@ def run_experiment(path: str | Path, extra: list[str] = (), *, report_dir: str |
         store = RunStore(local)
         dirs.append(store.root)
         task_of[store.root] = [x for x in sets if x.startswith("name=")][-1].split("=", 1)[1]
+        if store.exists() and (changed := changed_settings(store, cfg)):
+            console.print(f"[yellow]{store.root}: started with other settings than the grid now "
+                          f"gives it, which do not apply to it (a new experiment name or root "
+                          f"runs them): {'; '.join(changed)}[/yellow]")
         if store.exists() and store.load_state().get("done"):
             console.print(f"[{i}/{len(runs)}] {uri or store.root}: done, skipped")
             continue

@@ -20,6 +20,7 @@ import ray
 
 from activesyn_ray import placement
 from activesyn_ray.actors import ActorGroup, shard
+from activesyn_ray.selection.learnability import shot_indices
 from activesyn_ray.student import trainer_state
 from activesyn_ray.student.scoring import DECODED, ScorerWorker
 from activesyn_ray.student.trainer import TrainerWorker
@@ -239,13 +240,28 @@ class StudentPool:
         Only what the needs imply is computed (student/scoring.py has the table); `answer_text`
         and `correct` come along whenever the greedy answer was decoded anyway."""
         needs, verifier = self._scorer_needs(needs)
-        items = [{"question": e.question, "answer": self.task.target(e)} for e in seeds]
+        items = self._items(seeds, needs)
         rows = self.scorers.run_sharded("score", items, needs=sorted(needs))
         return self._columns(seeds, rows, needs, verifier)
 
     def evaluate(self, test: list[Example]) -> dict:
         items = [{"question": e.question} for e in test]
         return self._evaluation(test, self.scorers.run_sharded("generate", items))
+
+    def _items(self, examples: list[Example], needs: set[str]) -> list[dict]:
+        """What the scorer shards get per example. With selection.learnability.shots > 0 and
+        pass_rate needed, also `shots`: the solved examples its sampled answers are prompted with,
+        picked here over the WHOLE list (before sharding: the same shots whatever the shard count).
+        The list is what is being scored: the seed pool, or a round's teacher samples (their
+        pass_rate feeds only the report's seed-vs-sample correlation) -- never test or
+        validation, which go through evaluate's greedy path alone."""
+        items = [{"question": e.question, "answer": self.task.target(e)} for e in examples]
+        k = self.cfg.selection.learnability.shots
+        if k and "pass_rate" in needs:
+            for item, picks in zip(items, shot_indices(examples, k, seed=self.cfg.seed)):
+                item["shots"] = [{"question": examples[j].question,
+                                  "target": self.task.target(examples[j])} for j in picks]
+        return items
 
     # ------------------------------------------------------------------ fused / overlapped calls
     def _scorer_needs(self, needs) -> tuple[set[str], bool]:
@@ -293,8 +309,7 @@ class StudentPool:
         needs, verifier = self._scorer_needs(needs)
         n = self.scorers.world_size
         eval_parts = shard([{"question": e.question} for e in test], n)
-        pool_parts = shard([{"question": e.question, "answer": self.task.target(e)}
-                            for e in seeds], n)
+        pool_parts = shard(self._items(seeds, needs), n)
         parts = self.scorers.retry(lambda: self.scorers.gather(  # a dead/hung shard: redone
             "evaluate_and_score", per_rank=list(zip(eval_parts, pool_parts)), needs=sorted(needs)))
         ev = self._evaluation(test, [c for p in parts for c in p["completions"]])
@@ -306,7 +321,7 @@ class StudentPool:
         so the scorer shards work while the caller does something else, e.g. train (pass
         `settle_first=pending` to train so the new adapter waits for this call)."""
         needs, verifier = self._scorer_needs(needs)
-        items = [{"question": e.question, "answer": self.task.target(e)} for e in seeds]
+        items = self._items(seeds, needs)
         refs = self.scorers.call_sharded("score", items, needs=sorted(needs))
         return PendingScores(refs, lambda rows: self._columns(seeds, rows, needs, verifier),
                              redo=lambda: self.scorers.run_sharded("score", items,

@@ -18,6 +18,8 @@ Columns (selection/base.py reads them) and the work each one implies:
   pass_rate    n SAMPLED answers at temperature T (selection.learnability) inference path
                -> `sampled_texts`; StudentPool checks each: share correct  (vllm: one request
                                                                           with n outputs)
+               The prompt is `sample_prompt_ids`: the bare prompt, or with
+               selection.learnability.shots the item's solved `shots` before it (both paths).
 The inference path is student.inference (resolve_inference): vllm decodes with each round's LoRA
 adapter in vLLM (student/vllm_scorer.py); hf does everything in transformers (student/hf_scorer.py).
 One shard builds only the paths its needs use, lazily: a vLLM scorer asked only for `loss` never
@@ -36,12 +38,48 @@ from activesyn_ray.actors import set_threads
 from activesyn_ray.devices import peak_rss_bytes
 from activesyn_ray.models import resolve_model
 from activesyn_ray.student.hf_scorer import BADGE_DIMS  # noqa: F401 -- re-exported
-from activesyn_ray.student.data import prompt_ids
+from activesyn_ray.student.data import answer_ids, prompt_ids
+from activesyn_ray.tasks.base import Task
 
 NEEDS = frozenset({"answer_text", "correct", "loss", "loss_gt", "entropy", "grad_embed", "reward",
                    "pass_rate"})
 DECODED = frozenset({"answer_text", "correct", "loss", "entropy", "grad_embed", "reward"})
 """Needs that start from the student's greedy answer."""
+
+
+SHOT_SEPARATOR = "\n\n"
+"""Between a solved shot and the next `Question:` (the lm-eval-harness GSM8K few-shot layout, which
+Task.prompt / Task.target already follow)."""
+NEXT_QUESTION = "Question:"
+"""Where a sampled answer after shots is cut: a base model that has seen k solved blocks goes on
+writing block k+2, and the checker reads the LAST `####` of a text."""
+
+
+def sample_prompt_ids(tokenizer, question: str, shots: list[dict] | tuple = (),
+                      max_len: int | None = None) -> list[int]:
+    """The prompt of the n sampled answers (pass_rate). No shots: prompt_ids, the prompt of every
+    other path. Shots ({"question", "target"} dicts, targets as Task.target writes them): each one
+    tokenized as a training example's prompt and answer are (data.encode: prompt and target apart,
+    no eos here), followed by SHOT_SEPARATOR, then the question's prompt; a BOS (where the
+    tokenizer adds one) only at the very start, so the question's tokens are prompt_ids' without it.
+    max_len: the first shots are left out, whole, until the prompt fits (never the question)."""
+    if not shots:
+        return prompt_ids(tokenizer, question)
+    bos = tokenizer("", add_special_tokens=True)["input_ids"]  # what prompt_ids puts first
+    blocks = [tokenizer(Task.prompt(shot["question"]), add_special_tokens=False)["input_ids"]
+              + answer_ids(tokenizer, shot["target"], eos=False)
+              + tokenizer(SHOT_SEPARATOR, add_special_tokens=False)["input_ids"] for shot in shots]
+    tail = tokenizer(Task.prompt(question), add_special_tokens=False)["input_ids"]
+    while blocks and max_len is not None and \
+            len(bos) + sum(map(len, blocks)) + len(tail) > max_len:
+        blocks.pop(0)
+    return bos + [t for b in blocks for t in b] + tail
+
+
+def cut_at_next_question(text: str) -> str:
+    """A sampled answer after shots, up to where it starts another `Question:` block."""
+    at = text.find(NEXT_QUESTION)
+    return text if at < 0 else text[:at]
 
 
 def resolve_inference(scfg) -> str:
@@ -179,8 +217,9 @@ class ScorerWorker:
         return [self._decode_text(a) for a in answers]
 
     def score(self, examples: list[dict], needs: list[str] | set[str] = ()) -> list[dict]:
-        """`examples`: {"question", "answer" (reference target text)} dicts; one dict out each with
-        the needed columns (and answer_text whenever the answer was decoded)."""
+        """`examples`: {"question", "answer" (reference target text)} dicts, and for pass_rate
+        optionally "shots" (sample_prompt_ids); one dict out each with the needed columns (and
+        answer_text whenever the answer was decoded)."""
         return self._score_rows(examples, needs)
 
     def evaluate_and_score(self, eval_items: list[dict], pool_items: list[dict],
@@ -219,6 +258,16 @@ class ScorerWorker:
         return plan(needs, inference=self.inference, vllm_loss_gt=vllm_loss_gt,
                     reward_model=self.cfg.selection.reward_model)
 
+    def _sample_room(self) -> int:
+        """Prompt tokens a sampled answer's prompt may take, the same on both paths: the vLLM
+        path's window (student.vllm.max_model_len, capped at the model's context) less the answer,
+        so shots that do not fit are left out whole, never cut by vLLM (HF would not cut them)."""
+        from activesyn_ray.teacher.engines.base import model_context_len
+
+        ctx = model_context_len(resolve_model(self.scfg.model))
+        window = min(self.scfg.vllm.max_model_len, ctx) if ctx else self.scfg.vllm.max_model_len
+        return max(1, window - self.scfg.max_new_tokens)
+
     def _score_rows(self, examples: list[dict], needs, decoded=None) -> list[dict]:
         """decoded: (prompts, greedy answers, losses or None) already computed on the plan's decode
         path (the fused call), instead of decoding here."""
@@ -254,10 +303,19 @@ class ScorerWorker:
                     r["reward"] = v
         if p.sample:
             lc = self.cfg.selection.learnability
+            # StudentPool adds `shots` to the items when selection.learnability.shots > 0
+            shots = [ex.get("shots") or () for ex in examples]
+            if any(shots):
+                room = self._sample_room()
+                sample_prompts = [sample_prompt_ids(self.tokenizer, ex["question"], s, max_len=room)
+                                  for ex, s in zip(examples, shots)]
+            else:
+                sample_prompts = prompts
             sampled = (self.vllm if p.sample == "vllm" else self.hf).sample(
-                prompts, n=lc.n, temperature=lc.temperature, seed=self.cfg.seed)
-            for r, answers in zip(rows, sampled):
-                r["sampled_texts"] = [self._decode_text(a) for a in answers]
+                sample_prompts, n=lc.n, temperature=lc.temperature, seed=self.cfg.seed)
+            for r, answers, s in zip(rows, sampled, shots):
+                texts = [self._decode_text(a) for a in answers]
+                r["sampled_texts"] = [cut_at_next_question(t) for t in texts] if s else texts
         if p.loss_gt:
             gt = (self.vllm if p.loss_gt == "vllm" else self.hf).reference_loss(examples)
             for r, v in zip(rows, gt):
