@@ -258,7 +258,7 @@ class Probe:
 
 
 @pytest.fixture(scope="module")
-def sim_cluster():
+def sim_cluster(no_shared_ray):
     """head (1 CPU, no GPU) + 2 teacher nodes (2 logical GPUs, teacher_node=2 each) + 1 trainer
     node (4 logical GPUs, trainer_node=4): four raylets on this machine, all logical."""
     import ray

@@ -118,12 +118,12 @@ def checkpoint_tensors(run_dir) -> dict[str, dict[str, torch.Tensor]]:
 
 
 @pytest.fixture(scope="module")
-def reference_continue(tmp_path_factory) -> dict:
-    from test_reliability_loop import Cli, final_state, run_args
+def reference_continue(tmp_path_factory, ray_session) -> dict:
+    from test_reliability_loop import final_state, run_in_process
 
     run_dir = tmp_path_factory.mktemp("reference-continue") / "run"
     t0 = time.time()
-    Cli(*run_args(run_dir, *CONTINUE)).finish()
+    run_in_process(run_dir, *CONTINUE)  # in-process: the killed twin below goes through the CLI
     state = final_state(run_dir)
     print(f"\ncontinue-mode reference run: {time.time() - t0:.0f} s, train sizes "
           f"{[m['train_size'] for m in state['metrics']]}")

@@ -235,6 +235,7 @@ CHATTER = ("Loading weights", "Writing model shards", "real_accelerator", "Token
            "Started a local Ray", "repeated", "WARNING", "autoscaler", "(pid=", "Traceback")
 # Every line the console may print for a run (console.py, cli.py); anything else is a leak.
 OUR_LINES = re.compile(r"^(run directory: |library output |starting Ray |Ray ready |the run reserves |"
+                       r"\[activesyn\] student precision: |"
                        r"the local Ray timed out during startup |"
                        r"loading the student |trainer ready |starting \d+ teacher |teacher and scorers ready |"
                        r"evaluating the starting student |iteration \d+( \(the starting student\))?: "
@@ -246,35 +247,6 @@ SMALL = ["budget.samples=8", "selection.k=4", "task.seed_size=8", "task.test_siz
 def _tiny_cli(run_dir: Path, sets: list[str]) -> list[str]:
     return [sys.executable, "-m", "activesyn_ray.cli", "run", "jobs/tiny-cpu.yaml", "--run-dir",
             str(run_dir), *sum((["--set", s] for s in sets), [])]
-
-
-@pytest.mark.slow
-def test_console_through_a_pipe_is_our_lines_only(tmp_path):
-    """A two-round run through a pipe: every line is one of the console's own (start-up phases,
-    one per iteration, the summary) and no library output; that goes to RUN/run.log. No bar: it
-    is drawn only on a terminal."""
-    from activesyn_ray import runstore
-
-    run_dir = tmp_path / "run"
-    env = dict(os.environ, PYTHONPATH=str(ROOT), PYTHONUNBUFFERED="1")
-    res = subprocess.run(_tiny_cli(run_dir, SMALL + ["output.plots=false"]), env=env, cwd=ROOT,
-                         capture_output=True, text=True, timeout=900)
-    out = res.stdout + res.stderr
-    assert res.returncode == 0, out[-3000:]
-    lines = [ln for ln in out.split("\n") if ln.strip()]
-    assert [ln for ln in lines if not OUR_LINES.match(ln)] == [], out
-    assert not [ln for ln in lines if any(c in ln for c in CHATTER)], out
-    metrics = runstore.RunStore(run_dir).read(runstore.METRICS)  # (a baseline row, then one per round)
-    assert len([ln for ln in lines if ln.startswith("iteration ")]) == len(metrics) == 3, out
-    assert "\r" not in out and not re.search(r"synthetic samples \d+/\d+ \|", out), out
-    log = (run_dir / "run.log").read_text()
-    assert "Started a local Ray" in log and "TrainerWorker" in log
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
-    acc = EventAccumulator(str(run_dir / "tensorboard")).Reload().Scalars("accuracy/overall")
-    # the run's accuracy curve, against samples spent
-    assert [(e.step, round(e.value, 6)) for e in acc] == \
-        [(m["samples"], round(m["accuracy"], 6)) for m in metrics]
 
 
 def _run_in_a_terminal(cmd: list[str], env: dict, timeout: float) -> tuple[int, str]:
@@ -516,22 +488,22 @@ def test_teacher_count_has_one_source_and_eval_every_is_gone(tmp_path):
 
 
 def _run_tiny(run_dir, sets):
-    """`activesyn run jobs/tiny-cpu.yaml` with overrides, in a subprocess; returns the finished run
-    (4 synthetic samples: every caller asks for budget.samples=4)."""
+    """jobs/tiny-cpu.yaml with overrides, run in this process on the suite's shared Ray (the CLI
+    around it is tested by the console tests); returns the finished run (4 synthetic samples: every
+    caller asks for budget.samples=4)."""
     from activesyn_ray import runstore
+    from activesyn_ray.config import load_config
+    from activesyn_ray.coordinator import run_loop
+    from activesyn_ray.run_setup import new_run
 
-    env = dict(os.environ, PYTHONPATH=str(ROOT))
-    res = subprocess.run([sys.executable, "-m", "activesyn_ray.cli", "run", "jobs/tiny-cpu.yaml",
-                          "--run-dir", str(run_dir), *sum((["--set", s] for s in sets), [])],
-                         env=env, cwd=ROOT, capture_output=True, text=True, timeout=900)
-    assert res.returncode == 0, (res.stdout + res.stderr)[-3000:]
-    store = runstore.RunStore(run_dir)
+    store = new_run(load_config(ROOT / "jobs" / "tiny-cpu.yaml", sets), run_dir)
+    run_loop(store)
     assert store.load_state()["done"] and len(store.read(runstore.SYNTHETIC)) == 4
     return store
 
 
 @pytest.mark.slow
-def test_hf_dataset_run_end_to_end(tmp_path):
+def test_hf_dataset_run_end_to_end(tmp_path, ray_session):
     """task.kind: hf from a local datasets folder through the whole loop (tiny hf-engine teacher:
     its samples rarely parse, which the loop must survive), then export."""
     import datasets
@@ -556,7 +528,7 @@ def test_hf_dataset_run_end_to_end(tmp_path):
 
 
 @pytest.mark.slow
-def test_seed_and_test_jsonl_files_run_end_to_end(tmp_path):
+def test_seed_and_test_jsonl_files_run_end_to_end(tmp_path, ray_session):
     """task.kind: jsonl with a seed file and a test file (GSM8K style, with a stratum field) through
     the whole loop; per-stratum accuracy comes from the file's field."""
     import json

@@ -22,7 +22,6 @@ import pytest
 
 from activesyn_ray.budget import Ledger
 from activesyn_ray.config import config_from_dict
-from activesyn_ray.runtime import start_local_ray
 from activesyn_ray.tasks import build_task
 from activesyn_ray.teacher import TeacherError
 from activesyn_ray.teacher.engines import TeacherRequest, request_seed
@@ -37,16 +36,6 @@ def make_cfg(**teacher):
                     "max_new_tokens": 64, "max_retries": 3, "request_timeout_s": 4, **teacher},
         "budget": {"samples": 100_000},
         "resources": {"teacher": {"num_cpus": 0.5, "placement_strategy": "PACK"}}})
-
-
-@pytest.fixture(scope="module")
-def ray_session():
-    import ray
-
-    # address="local": a fresh Ray of our own even when someone else's head runs on this machine
-    start_local_ray(num_cpus=4, include_dashboard=False, log_to_driver=False)
-    yield
-    ray.shutdown()
 
 
 @pytest.fixture(scope="module")

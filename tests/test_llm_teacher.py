@@ -21,7 +21,6 @@ from pathlib import Path
 import pytest
 
 from activesyn_ray.config import OpenAIConfig, load_config
-from activesyn_ray.runtime import start_local_ray
 from activesyn_ray.teacher.engines.base import TeacherError
 from activesyn_ray.teacher.vllm_server import VllmServer, port_free
 
@@ -67,16 +66,7 @@ def test_made_model_names_never_shadow_built_in_ones():
 
 # ================================================================================ slow: real
 @pytest.fixture(scope="module")
-def ray_local():
-    import ray
-
-    start_local_ray(num_cpus=3, include_dashboard=False, log_to_driver=False)
-    yield
-    ray.shutdown()
-
-
-@pytest.fixture(scope="module")
-def made(ray_local):
+def made(ray_session):
     from activesyn_ray.teacher.make import MakeTeacherConfig, make_teacher
 
     cfg = load_config(JOB, SETS)

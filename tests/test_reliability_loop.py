@@ -12,7 +12,9 @@
     reference's state: same samples, each generated and charged once, same scores, losses and
     accuracies.
 
-Real stack, CPU-sized (tiny LoRA student, 2 DeepSpeed ranks, 2 scorer shards, procedural teacher,
+Real stack, CPU-sized (tiny LoRA student, 2 DeepSpeed ranks, 1 scorer shard (what sharding
+changes is tested in test_student.py and test_faults.py; each process costs ~10 CPU-seconds of
+imports at every one of the driver's starts here), procedural teacher,
 2 iterations of 4 samples). The coordinator's kill points are `coordinator.fault_point` (env
 ACTIVESYN_FAULT_AT=name:iteration: it announces the point on the console and waits there).
 """
@@ -36,7 +38,7 @@ QUICK = ROOT / "jobs" / "tiny-cpu.yaml"
 SETS = ["task.seed_size=24", "task.test_size=12", "selection.k=4", "budget.samples=8",
         "student.epochs=1", "student.model=tiny", "student.lora={r: 8, alpha: 16}",
         "student.inference=hf", "resources.trainer.num_workers=2",
-        "resources.scorers.num_workers=2", "resources.local_num_cpus=4"]
+        "resources.scorers.num_workers=1", "resources.local_num_cpus=4"]
 # What a sample record holds that depends on the wall clock, not on the run's inputs.
 TIMING = {"latency_s", "seconds", "time", "timestamp", "started", "finished", "wall_s"}
 
@@ -113,6 +115,16 @@ def run_args(run_dir: Path, *extra: str) -> list[str]:
             *sum((["--set", s] for s in SETS + list(extra)), [])]
 
 
+def run_in_process(run_dir: Path, *extra: str) -> None:
+    """The run `run_args` describes, in this process on the suite's shared Ray (no driver or Ray
+    start-up of its own): for runs that are never killed and whose console nobody reads."""
+    from activesyn_ray.config import load_config
+    from activesyn_ray.coordinator import run_loop
+    from activesyn_ray.run_setup import new_run
+
+    run_loop(new_run(load_config(QUICK, SETS + list(extra)), run_dir))
+
+
 def final_state(run_dir: Path) -> dict:
     """What must match between two runs: every sample (minus wall-clock fields) in order, each
     metrics row's accuracies, counts and training losses, every score the student gave (seeds and
@@ -180,19 +192,44 @@ def test_reference_run_writes_curves_report_checkpoints(reference):
     # the loss strategy scored every seed for both rounds, and each round's new samples
     scores = reference["scores"]
     assert sum(1 for r in scores if "seed_id" in r) == 2 * 24
+    assert all("loss" in r for r in scores if "seed_id" in r)  # the column loss ranks by
     assert sum(1 for r in scores if r.get("kind") == "synthetic") == 8
     assert len({r["sample_score"] for r in scores if r.get("kind") == "synthetic"}) > 1
 
 
-def test_second_run_with_separate_passes_is_identical(reference, tmp_path):
-    """The same config and seed run again in a new process, with evaluation and the next round's
+def test_reference_console_through_a_pipe_is_our_lines_only(reference):
+    """The reference run's console went through a pipe: every line is one of the console's own
+    (start-up phases, one per iteration, the summary), no library output (that went to
+    RUN/run.log), no bar (drawn only on a terminal); TensorBoard holds the accuracy curve.
+    (tests/test_ecosystem.py checks the same run's console in a terminal.)"""
+    import re
+
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from test_ecosystem import CHATTER, OUR_LINES
+
+    out, run_dir = reference["out"], reference["run_dir"]
+    lines = [ln for ln in out.split("\n") if ln.strip()]
+    assert [ln for ln in lines if not OUR_LINES.match(ln)] == [], out
+    assert not [ln for ln in lines if any(c in ln for c in CHATTER)], out
+    metrics = reference["metrics"]  # a baseline row, then one per round
+    assert len([ln for ln in lines if ln.startswith("iteration ")]) == len(metrics) == 3, out
+    assert "\r" not in out and not re.search(r"synthetic samples \d+/\d+ \|", out), out
+    log = (run_dir / "run.log").read_text()
+    assert "Started a local Ray" in log and "TrainerWorker" in log
+    acc = EventAccumulator(str(run_dir / "tensorboard")).Reload().Scalars("accuracy/overall")
+    assert [(e.step, round(e.value, 6)) for e in acc] == \
+        [(m["samples"], round(m["accuracy"], 6)) for m in metrics]
+
+
+def test_second_run_with_separate_passes_is_identical(reference, tmp_path, ray_session):
+    """The same config and seed run again (in the test's process, on another Ray), with evaluation and the next round's
     scoring as two scorer passes (student.fuse_eval_and_score=false) and score-synthetic after
     training instead of during it: the same samples, metrics, scores and ledger. So a run is
     reproducible, and the fused pass changes no number (its pool rows are only written one step
     earlier)."""
     run_dir = tmp_path / "again"
-    Cli(*run_args(run_dir, "student.fuse_eval_and_score=false",
-                  "student.overlap_score_synthetic=false")).finish()
+    run_in_process(run_dir, "student.fuse_eval_and_score=false",
+                   "student.overlap_score_synthetic=false")
     got = assert_same_final_state(run_dir, reference)
     a = runstore.RunStore(reference["run_dir"]).read(runstore.METRICS)
     b = runstore.RunStore(run_dir).read(runstore.METRICS)

@@ -32,7 +32,7 @@ def test_worker_runtime_env_never_carries_a_key(monkeypatch):
 
 
 @pytest.mark.slow
-def test_planted_key_is_used_and_found_nowhere(monkeypatch):
+def test_planted_key_is_used_and_found_nowhere(monkeypatch, no_shared_ray):
     import ray
 
     import test_teacher as tt  # pytest puts tests/ on sys.path (no package)

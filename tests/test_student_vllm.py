@@ -21,7 +21,6 @@ import pytest
 import torch
 
 from activesyn_ray.config import ActorResources, config_from_dict
-from activesyn_ray.runtime import start_local_ray
 from activesyn_ray.tasks import build_task
 
 pytest.importorskip("vllm")
@@ -85,18 +84,15 @@ def setup(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def scorers(setup):
+def scorers(setup, ray_session):
     """vLLM scorer groups -- 2 shards serving the adapter merged into the weights (the CPU
     default, student.vllm.adapter: auto) and 1 shard through vLLM's LoRARequest path -- and a
     1-shard HF group, on the same base."""
-    ray = pytest.importorskip("ray")
+    ray = ray_session
     from activesyn_ray.actors import ActorGroup
-    from activesyn_ray.runtime import worker_env
     from activesyn_ray.student.scoring import ScorerWorker
 
     cfg, *_ = setup
-    start_local_ray(num_cpus=4, include_dashboard=False,
-                    runtime_env={"env_vars": worker_env()}, log_to_driver=False)
     groups = {}
     try:
         for name, inference, n, adapter in (("vllm", "vllm", 2, "auto"),
@@ -113,7 +109,6 @@ def scorers(setup):
     finally:
         for g in groups.values():
             g.shutdown()
-        ray.shutdown()
 
 
 def _items(task, examples):

@@ -15,11 +15,12 @@ import time
 
 import pytest
 
+from conftest import TEACHER_KEY as KEY  # in the driver's environment before the shared Ray
+from conftest import TEACHER_KEY_ENV as KEY_ENV
 from loopback_openai import LoopbackOpenAI
 
 from activesyn_ray.budget import Ledger
 from activesyn_ray.config import RunConfig, config_from_dict
-from activesyn_ray.runtime import start_local_ray
 from activesyn_ray.tasks import Example, build_task
 from activesyn_ray.teacher import NEUTRAL_GRADE, Prompts, TeacherError, parse_grade, parse_sample
 from activesyn_ray.teacher.engines import TeacherRequest, build_engine, request_seed
@@ -27,8 +28,6 @@ from activesyn_ray.teacher.engines.base import load_tokenizer, prompt_ids
 from activesyn_ray.teacher.prompts import PromptError, load_template
 
 TINY = "tiny:ctx=2048"  # char-level tokenizer: a generate prompt is ~500 tokens, over tiny's 512
-KEY_ENV = "ASR_TEST_TEACHER_KEY"
-KEY = "sk-test-0123456789-do-not-leak"
 
 
 def make_cfg(teacher: dict | None = None, *, cpus: float = 0.5, **top) -> RunConfig:
@@ -107,18 +106,6 @@ def test_procedural_engine_exact_and_deterministic(task_and_seeds):
 
 
 # ================================================================================= Ray (slow)
-@pytest.fixture(scope="module")
-def ray_session():
-    import ray
-
-    os.environ[KEY_ENV] = KEY  # before ray.init: local workers inherit the driver's environment
-    # address="local": a fresh Ray of our own even when someone else's head runs on this machine
-    start_local_ray(num_cpus=4, include_dashboard=False, log_to_driver=False)
-    yield
-    ray.shutdown()
-    os.environ.pop(KEY_ENV, None)
-
-
 @pytest.fixture(scope="module")
 def hf_pool(ray_session, task_and_seeds):
     """Two hf replicas on the tiny model, small micro-batches: shared by the kill/budget/parse tests

@@ -22,7 +22,6 @@ from loopback_openai import LoopbackOpenAI
 
 from activesyn_ray import runstore
 from activesyn_ray.config import ConfigError, TaskConfig, load_config
-from activesyn_ray.runtime import start_local_ray
 from activesyn_ray.tasks import Example, build_task
 from activesyn_ray.tasks.expression import find
 
@@ -109,15 +108,12 @@ class PlantingServer(LoopbackOpenAI):
 
 
 @pytest.mark.slow
-def test_loop_never_trains_on_a_refused_sample_and_counts_it_everywhere(tmp_path):
-    import ray
-
+def test_loop_never_trains_on_a_refused_sample_and_counts_it_everywhere(tmp_path, ray_session):
     from activesyn_ray.coordinator import run_loop
     from activesyn_ray.report import write_report
     from activesyn_ray.run_setup import new_run
 
     server = PlantingServer()
-    start_local_ray(num_cpus=3, include_dashboard=False, log_to_driver=False)
     try:
         cfg = load_config(QUICK, [
             "task.seed_size=24", "task.test_size=12", "selection.strategy=random", "selection.k=6",
@@ -128,7 +124,6 @@ def test_loop_never_trains_on_a_refused_sample_and_counts_it_everywhere(tmp_path
         store = new_run(cfg, tmp_path / "run")
         summary = run_loop(store)
     finally:
-        ray.shutdown()
         server.close()
 
     synth = store.read(runstore.SYNTHETIC)
