@@ -17,7 +17,6 @@ import sys
 import zipfile
 from pathlib import Path
 
-from activesyn_ray.runstore import atomic_write_text
 
 # distribution -> (pinned version, importable top-level package)
 PACKAGES = {
@@ -85,4 +84,4 @@ def package_file(dist: str, member: str) -> Path:
     return out
 
 
-__all__ = ["package_file", "cache_dir", "atomic_write_text"]
+__all__ = ["package_file", "cache_dir"]

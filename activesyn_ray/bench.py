@@ -39,7 +39,7 @@ import time
 from pathlib import Path
 
 from activesyn_ray import runstore
-from activesyn_ray.runstore import atomic_write_json
+from activesyn_ray.atomic_files import atomic_write_json
 
 LOOP_JOB = Path(__file__).resolve().parent / "benchmarks" / "loop.yaml"
 

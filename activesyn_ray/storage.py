@@ -21,7 +21,7 @@ import os
 import time
 from pathlib import Path
 
-from activesyn_ray.runstore import atomic_write_json
+from activesyn_ray.atomic_files import atomic_write_json
 
 STORAGE_FILE = "storage.json"
 SYNC_MANIFEST = ".synced.json"  # {relative path: [size, mtime_ns]} of the last upload, local only

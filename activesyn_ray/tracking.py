@@ -21,7 +21,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from activesyn_ray.runstore import atomic_write_json
+from activesyn_ray.atomic_files import atomic_write_json
 
 TRACKERS = ("tensorboard", "wandb", "mlflow")
 IDS_FILE = "trackers.json"

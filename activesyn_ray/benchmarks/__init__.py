@@ -8,7 +8,7 @@ def write_result(out, result) -> None:
     previous file whole), and one line saying where."""
     if not out:
         return
-    from activesyn_ray.runstore import atomic_write_json
+    from activesyn_ray.atomic_files import atomic_write_json
 
     atomic_write_json(out, result)
     print(f"wrote {out}", flush=True)

@@ -272,7 +272,7 @@ def make_teacher(run_cfg: RunConfig, mk: MakeTeacherConfig, *, log=print) -> dic
     """Steps 1-4 (module docstring); returns what make_teacher.json holds."""
     from activesyn_ray.models import cache_model_dir, resolve_model
     from activesyn_ray.runtime import init_ray
-    from activesyn_ray.runstore import atomic_write_json
+    from activesyn_ray.atomic_files import atomic_write_json
     from activesyn_ray.teacher.engines.base import load_tokenizer
 
     dest = cache_model_dir(mk.name)
