@@ -16,10 +16,20 @@
         static: {budget.samples: 384} #   say how many samples random needs to reach loss's final
 
 A task entry may also narrow the grid for itself with the reserved keys `strategies:` and
-`seeds:` (e.g. a teacher-mode ablation run only for random and loss).
+`seeds:` (e.g. a teacher-mode ablation run only for random and loss), and give its own
+`seeds_by_strategy:` / `overrides_by_strategy:` (pools whose budgets differ: each pool's baselines
+run to 2x that pool's budget, with its own seed count):
 
-A run's settings are applied in this order, later ones winning: `overrides`, the task's entry,
-`overrides_by_strategy` of its strategy, the command line's `--set`s, then the cell itself
+      tasks:
+        p3:
+          budget.samples: 120
+          seeds_by_strategy: {static: [0, 1, 2]}
+          overrides_by_strategy: {random: {budget.samples: 240}, static: {budget.samples: 240}}
+
+Seeds of a cell: the task's `seeds_by_strategy`, else the task's `seeds`, else the grid's
+`seeds_by_strategy`, else the grid's `seeds`. A run's settings are applied in this order, later
+ones winning: `overrides`, the task's entry, `overrides_by_strategy` of its strategy (the grid's,
+then the task's), the command line's `--set`s, then the cell itself
 (selection.strategy, seed, name, output.run_dir). The run directory never depends on the overrides,
 so adding `overrides_by_strategy` to a grid whose runs exist leaves them in place: a finished run
 is still skipped (with a warning naming each setting it was run with that the grid now changes).
@@ -55,27 +65,37 @@ class Grid(BaseModel):
         """(seed, task, strategy, task overrides) in run order: the `first` strategies' runs, then
         the rest; within each part seeds outermost, so every strategy of seed 0 runs before seed 1
         and a grid cut short still compares on paired seeds."""
+        return [c[:4] for c in self.ordered()]
+
+    def ordered(self) -> list[tuple[int, str, str, dict[str, Any], dict[str, Any]]]:
+        """cells() plus each cell's own strategy overrides from its task entry."""
         cells = self._cells()
         primary = [c for c in cells if c[2] in self.first or f"{c[1]}/{c[2]}" in self.first]
         return primary + [c for c in cells if c not in primary]
 
-    def _cells(self) -> list[tuple[int, str, str, dict[str, Any]]]:
-        tasks = []
+    def _tasks(self) -> list[tuple[str, dict, list[str], list[int] | None, dict, dict]]:
+        """(name, overrides, strategies, seeds, seeds_by_strategy, overrides_by_strategy) per task,
+        the reserved keys taken out of its entry."""
+        out = []
         for name, over in self.tasks.items():
             over = dict(over)
-            strategies = over.pop("strategies", self.strategies)
-            seeds = over.pop("seeds", None)
-            tasks.append((name, over, strategies, seeds))
+            out.append((name, over, over.pop("strategies", self.strategies), over.pop("seeds", None),
+                        over.pop("seeds_by_strategy", {}), over.pop("overrides_by_strategy", {})))
+        return out
+
+    def _cells(self) -> list[tuple[int, str, str, dict[str, Any], dict[str, Any]]]:
+        tasks = self._tasks()
         all_seeds = sorted(set(self.seeds).union(*self.seeds_by_strategy.values(),
-                                                 *(t[3] or [] for t in tasks)))
+                                                 *(t[3] or [] for t in tasks),
+                                                 *(s for t in tasks for s in t[4].values())))
         out = []
         for seed in all_seeds:
-            for name, over, strategies, task_seeds in tasks:
+            for name, over, strategies, task_seeds, task_sbs, task_obs in tasks:
                 for strategy in strategies:
-                    allowed = task_seeds if task_seeds is not None else \
-                        self.seeds_by_strategy.get(strategy, self.seeds)
+                    allowed = task_sbs.get(strategy, task_seeds if task_seeds is not None else
+                                           self.seeds_by_strategy.get(strategy, self.seeds))
                     if seed in allowed:
-                        out.append((seed, name, strategy, over))
+                        out.append((seed, name, strategy, over, task_obs.get(strategy, {})))
         return out
 
     @model_validator(mode="after")
@@ -88,6 +108,11 @@ class Grid(BaseModel):
             if unknown := sorted(set(getattr(self, field)) - used):
                 raise ValueError(f"{field}: {', '.join(unknown)} not among the grid's strategies "
                                  f"({', '.join(sorted(used))})")
+        for name, _, strategies, _, task_sbs, task_obs in self._tasks():
+            for field, given in (("seeds_by_strategy", task_sbs), ("overrides_by_strategy", task_obs)):
+                if unknown := sorted(set(given) - set(strategies)):
+                    raise ValueError(f"tasks.{name}.{field}: {', '.join(unknown)} not among the "
+                                     f"task's strategies ({', '.join(sorted(strategies))})")
         return self
 
 
@@ -103,11 +128,12 @@ class Experiment(BaseModel):
         """(cell name `task/strategy-sSEED`, the run's `--set`s) per grid cell, in run order; pure
         (load_experiment validates each against the base config)."""
         out = []
-        for seed, task_name, strategy, task_over in self.grid.cells():
+        for seed, task_name, strategy, task_over, task_strategy_over in self.grid.ordered():
             # a string join, not Path: the root may be a storage URI (s3://...)
             run_dir = f"{self.root.rstrip('/')}/{self.name}/{task_name}/{strategy}-s{seed}"
             sets = _as_sets(self.overrides) + _as_sets(task_over) + \
-                _as_sets(self.grid.overrides_by_strategy.get(strategy, {})) + list(extra) + [
+                _as_sets(self.grid.overrides_by_strategy.get(strategy, {})) + \
+                _as_sets(task_strategy_over) + list(extra) + [
                     f"selection.strategy={strategy}", f"seed={seed}",
                     f"name={self.name}-{task_name}", f"output.run_dir={run_dir}"]
             out.append((f"{task_name}/{strategy}-s{seed}", sets))

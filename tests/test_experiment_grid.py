@@ -102,3 +102,46 @@ def test_a_run_started_with_other_settings_is_reported(tmp_path):
     assert changed_settings(store, old) == []
     now = load_config(None, ["budget.samples=192", "selection.strategy=random"])
     assert changed_settings(store, now) == ["budget.samples: 96 -> 192"]
+
+
+PER_POOL = """\
+name: eff
+base: base.yaml
+overrides: {selection.k: 8}
+grid:
+  seeds: [0, 1, 2, 3]
+  strategies: [learnability, random, static]
+  seeds_by_strategy: {static: [0]}
+  tasks:
+    p2:
+      budget.samples: 96
+      overrides_by_strategy: {random: {budget.samples: 192}, static: {budget.samples: 192}}
+    p3:
+      budget.samples: 120
+      seeds: [0, 1]
+      seeds_by_strategy: {static: [0, 1, 2]}
+      overrides_by_strategy: {random: {budget.samples: 240}, static: {budget.samples: 240}}
+"""
+
+
+def test_each_pool_gives_its_baselines_their_own_budget_and_seeds(tmp_path):
+    """Pools with different budgets in one grid: each task's own overrides_by_strategy and
+    seeds_by_strategy (the task's win over the grid's), and the run folders stay task/strategy."""
+    exp, runs = load_experiment(_write(tmp_path, PER_POOL))
+    got = {}
+    for base, sets in runs:
+        cfg = load_config(base, sets)
+        got[_value(sets, "output.run_dir").split("eff/", 1)[1]] = cfg.budget.samples
+    want = {f"p2/{s}-s{i}": 96 if s == "learnability" else 192
+            for s in ("learnability", "random") for i in range(4)}
+    want["p2/static-s0"] = 192  # the grid's seeds_by_strategy
+    want |= {f"p3/{s}-s{i}": 120 if s == "learnability" else 240
+             for s in ("learnability", "random") for i in range(2)}
+    want |= {f"p3/static-s{i}": 240 for i in range(3)}  # the task's seeds_by_strategy wins
+    assert got == want
+    # the reserved keys never reach a run's settings
+    assert not [s for _, sets in runs for s in sets if "by_strategy" in s]
+    bad = PER_POOL.replace("seeds_by_strategy: {static: [0, 1, 2]}",
+                           "seeds_by_strategy: {statc: [0, 1, 2]}")
+    with pytest.raises(ConfigError, match=r"tasks.p3.seeds_by_strategy: statc"):
+        load_experiment(_write(tmp_path, bad))
