@@ -33,14 +33,17 @@ _shared = {"up": False}
 def _start_shared():
     import ray
 
-    from activesyn_ray.runtime import start_local_ray, worker_env
+    from activesyn_ray.runtime import _agent_port_chosen_by_os, start_local_ray, worker_env
 
     if _shared["up"] and ray.is_initialized():
         return ray
     if ray.is_initialized():  # someone else's (a test that started its own and left it)
         ray.shutdown()
-    start_local_ray(num_cpus=SHARED_CPUS, include_dashboard=False,
-                    runtime_env={"env_vars": worker_env()}, log_to_driver=False)
+    # as `activesyn run` starts its Ray: its agent off Ray's default port 52365, which a `ray start`
+    # head of test_jobs.py needs while this Ray is up
+    with _agent_port_chosen_by_os():
+        start_local_ray(num_cpus=SHARED_CPUS, include_dashboard=False,
+                        runtime_env={"env_vars": worker_env()}, log_to_driver=False)
     _shared["up"] = True
     return ray
 
@@ -87,3 +90,18 @@ def no_shared_ray():
 def pytest_sessionfinish(session, exitstatus):
     if _shared["up"]:
         _stop_shared()
+
+
+def pytest_terminal_summary(terminalreporter):
+    """Seconds per test file (setup + call + teardown), slowest first: where the suite's time goes
+    (docs/testing.md keeps the table)."""
+    per_file: dict[str, float] = {}
+    for reports in terminalreporter.stats.values():
+        for rep in reports:
+            if hasattr(rep, "duration") and hasattr(rep, "nodeid"):
+                f = rep.nodeid.split("::", 1)[0]
+                per_file[f] = per_file.get(f, 0.0) + rep.duration
+    if per_file:
+        terminalreporter.section("seconds per test file")
+        for f, s in sorted(per_file.items(), key=lambda kv: -kv[1]):
+            terminalreporter.write_line(f"{s:8.1f}s  {f}")
