@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from activesyn_ray import runstore
+from activesyn_ray import atomic_files, runstore
 from activesyn_ray.budget import Ledger
 
 
@@ -39,7 +39,7 @@ def test_killed_atomic_writer_never_leaves_torn_json(tmp_path):
 def test_atomic_files_get_normal_permissions(tmp_path):
     path = tmp_path / "state.json"
     runstore.atomic_write_json(path, {"a": 1})
-    assert path.stat().st_mode & 0o777 == 0o666 & ~runstore._UMASK
+    assert path.stat().st_mode & 0o777 == 0o666 & ~atomic_files._UMASK
 
 
 def test_torn_jsonl_tail_is_dropped_and_repaired(tmp_path):
