@@ -226,22 +226,15 @@ def _wait_line() -> str:
     return lines[0]
 
 
-# The quickstart job at the smallest size that still runs its whole path on the head (SmolLM2 +
-# LoRA in a DeepSpeed rank, vLLM scoring, one round): its own 48-sample run is `make quickstart`'s.
-SMALLEST_QUICKSTART = ["budget.samples=8", "selection.k=8", "task.seed_size=16", "task.val_size=0",
-                       "task.test_size=8", "student.epochs=1"]
-
-
 @pytest.mark.slow
 def test_readme_commands_verbatim(head):
-    """README: the wait for the fresh head, then the quickstart line as written (with `--set`s
-    that shrink the run, appended); no retries here."""
+    """README: the wait for the fresh head, then the quickstart line, as written; no retries here."""
     wait = head.sh(_wait_line(), timeout=360)
     ready_s = time.monotonic() - head.started
     assert wait.returncode == 0, wait.stdout + wait.stderr
     quickstart = next(ln for ln in readme_cluster_lines() if ln.endswith("jobs/quickstart.yaml"))
     t0 = time.monotonic()
-    proc = head.sh(quickstart + "".join(f" --set {s}" for s in SMALLEST_QUICKSTART))
+    proc = head.sh(quickstart)
     log = proc.stdout + proc.stderr
     print(f"head ready {ready_s:.0f}s after `ray start`; quickstart job {time.monotonic() - t0:.0f}s; "
           f"rc {proc.returncode}")
@@ -256,9 +249,8 @@ def test_readme_commands_verbatim(head):
     assert f"run directory: {run_dir}" in log and "final accuracy:" in log
     store = runstore.RunStore(run_dir)
     assert store.load_state()["done"]
-    cfg = load_config(ROOT / "jobs/quickstart.yaml", SMALLEST_QUICKSTART)
-    assert len(store.read(runstore.SYNTHETIC)) == cfg.budget.samples == 8
-    assert cfg.student.model == "smollm2-135m" and "scorer shard (vllm)" in log
+    cfg = load_config(ROOT / "jobs/quickstart.yaml")
+    assert len(store.read(runstore.SYNTHETIC)) == cfg.budget.samples
     listing = head.sh("ray job list", timeout=120).stdout
     # the wait's no-op job ran and stays as it ended (no record re-created as FAILED)
     assert "wait-for-head" in listing and "Entrypoint not found" not in listing, listing
