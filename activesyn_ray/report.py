@@ -280,7 +280,10 @@ def auc_difference(runs_s: list[dict], runs_b: list[dict], lo: float, hi: float)
 def final_difference(runs_s: list[dict], runs_b: list[dict]) -> dict:
     """Paired (same seed) S's accuracy at its last point minus B's at that budget, over seeds."""
     pairs, unpaired = _pairs(runs_s, runs_b)
-    per_seed = {s["seed"]: _final(s)[1] - _accuracy_at(b, _final(s)[0]) for s, b in pairs}
+    per_seed = {}
+    for s, b in pairs:
+        budget, accuracy = _final(s)
+        per_seed[s["seed"]] = accuracy - _accuracy_at(b, budget)
     return {**bootstrap_mean(list(per_seed.values())), "unpaired": unpaired, "per_seed": per_seed}
 
 
