@@ -21,11 +21,10 @@ with that smaller budget), so every strategy has points at the same budgets.
 from __future__ import annotations
 
 import json
-import logging
 import os
 import time
 from collections import Counter
-from enum import Enum
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -36,42 +35,19 @@ from activesyn_ray import runstore
 from activesyn_ray.budget import LEDGER_JOURNAL, Ledger
 from activesyn_ray.console import iteration_line, started_line
 from activesyn_ray.config import load_config, snapshot_fingerprint
-from activesyn_ray.decontaminate import Decontaminator
+from activesyn_ray.curve_point import PhaseClock, metrics_row
+from activesyn_ray.decontaminate import Decontaminator, contamination
+from activesyn_ray.memory_report import MEMORY, memory_report
+from activesyn_ray.pool_scores import FUSABLE, PoolScores
+from activesyn_ray.run_progress import RunProgress
 from activesyn_ray.run_setup import load_splits
+from activesyn_ray.run_state import NEXT_STEP, Phase, recover
 from activesyn_ray.runstore import RunStore
 from activesyn_ray.selection import SeedScores, build_strategy
-from activesyn_ray.selection.base import (CORRECT, ENTROPY, JUDGE, LOSS, LOSS_GT, PASS_RATE, REWARD,
-                                          previous)
+from activesyn_ray.selection.base import ENTROPY, JUDGE, LOSS, LOSS_GT, REWARD
 from activesyn_ray.student.replay import round_training_set
 from activesyn_ray.tasks import Example, build_task, stratum
 from activesyn_ray.tracking import close_trackers, track
-
-log = logging.getLogger("activesyn")
-
-# Scalar score columns kept in scores.jsonl and compared seed-vs-synthetic in the report.
-SCALAR_SCORES = (LOSS, LOSS_GT, ENTROPY, CORRECT, REWARD, JUDGE, PASS_RATE)
-MEMORY = "memory.json"  # peak RSS per actor kind, written when the run ends
-# Needs the fused evaluate+score pass serves: scorer columns that scores.jsonl holds exactly.
-FUSABLE = frozenset({LOSS, LOSS_GT, ENTROPY, CORRECT, REWARD, PASS_RATE})
-
-
-class Phase(str, Enum):
-    """The last completed step, saved in state.json; resume continues after it."""
-    PREPARED = "prepared"    # run directory written, nothing run yet
-    SELECTING = "selecting"  # iteration started: score + select in progress
-    SELECTED = "selected"    # seeds chosen (state.selected)
-    GENERATED = "generated"  # this iteration's samples on disk, each decontaminated
-    SCORED = "scored"        # the new samples scored (seed-vs-sample rank correlation)
-    EVALUATED = "evaluated"  # trained and evaluated: one metrics row, one curve point
-    DONE = "done"
-
-
-_OLD_PHASES = {"scored-synthetic": Phase.SCORED}  # run directories written by earlier versions
-
-
-# What the loop does after saving each phase (the console's bar shows it).
-_NEXT_STEP = {Phase.SELECTING.value: "scoring the seed pool", Phase.SELECTED.value: "generating",
-              Phase.GENERATED.value: "training", Phase.SCORED.value: "training"}
 
 
 def _n(count: int, what: str) -> str:
@@ -104,40 +80,38 @@ class Coordinator:
         self.strategy = build_strategy(self.cfg.selection)
         # charged ids: an append-only journal, so each state save stays O(1) as the run grows
         self.ledger = Ledger.from_dict(state["ledger"], journal=self.store.path(LEDGER_JOURNAL))
+        self.pool_scores = PoolScores(self.store, self.seeds)
         self.student = None
         self.teacher = None
-        self._phase_s: dict[str, float] = {}
-        self._iter_t0: float | None = None  # start of an iteration this process ran from its start
-        # what the driver's console shows (progress()): lines, the step under way, the last accuracy
-        self._lines: list[str] = []
-        self._doing = ""
-        self._accuracy: float | None = None
-        self._started = False
+        self.clock = PhaseClock()
+        self.console = RunProgress()  # what the driver's console shows (progress())
 
     # ------------------------------------------------------------------------------ the loop
     def run(self, stop_after: int | None = None) -> dict:
         """Run (or resume) to the end. stop_after: return once iteration `stop_after` is evaluated,
         leaving the run directory exactly as a kill at that point would (for resume tests)."""
-        state = self._recover()
+        state = recover(self.store, self.ledger)
         if state.get("done"):
             return self.summary()
         self._start_pools()
         if state["n_metrics"]:  # resumed: scorers start from the base; restore the last student
             last = self.store.read(runstore.METRICS)[-1]
-            self._say(f"resuming after iteration {last['iteration']} ({last['samples']} samples)")
-            self._accuracy = last["accuracy"]
+            self.console.say(f"resuming after iteration {last['iteration']} "
+                             f"({last['samples']} samples)")
+            self.console.accuracy = last["accuracy"]
             self.student.restore_adapter(self.store.checkpoints / f"round-{last['iteration']}")
-        self._started = True
+        self.console.started = True
         if state["n_metrics"] == 0:
             state = self._evaluate_start(state)
         if not self.strategy.iterative:
             state = self._run_static(state)
         elif self._run_iterative(state, stop_after=stop_after) is None:
             return self.summary()
-        self._doing = "writing the report"
+        self.console.doing = "writing the report"
         close_trackers(self.store.root)
         self.student.save_adapter(str(self.store.checkpoints / "final"))
-        runstore.atomic_write_json(self.store.path(MEMORY), self.memory_report())
+        memory = memory_report(self.student, self.teacher)
+        runstore.atomic_write_json(self.store.path(MEMORY), memory)
         self._save(state, done=True, phase=Phase.DONE)
         self._plot()
         if self.cfg.output.plots:  # the same report `activesyn report RUN_DIR` writes, for this run
@@ -157,7 +131,7 @@ class Coordinator:
                 if not self._continues(it):
                     return state
                 it += 1
-                self._phase_s, self._iter_t0 = {}, time.perf_counter()
+                self.clock.start_iteration()
                 state = self._save(state, iteration=it, phase=Phase.SELECTING)
             if state["phase"] == Phase.SELECTING:
                 scores = self.score(state, it)
@@ -205,44 +179,17 @@ class Coordinator:
         fault_point("score", iteration)
         if not self.strategy.needs:
             return SeedScores()
-        if self._fusable() and (stored := self._stored_pool_scores(iteration)) is not None:
-            return self._with_history(stored, iteration)
-        t0 = time.perf_counter()
-        scores = self._score_examples(self.seeds, iteration)
-        rows = self._pool_rows(iteration, scores.columns)
-        self.store.append(runstore.SCORES, rows)
-        state["n_scores"] += len(rows)
-        self._phase_s["score"] = time.perf_counter() - t0
-        return self._with_history(scores, iteration)
-
-    def _with_history(self, scores: SeedScores, iteration: int) -> SeedScores:
-        """Add the columns the strategy wants from the previous round (Strategy.history), read
-        from that round's pool rows in scores.jsonl; NaN for a seed that has none (round 1)."""
-        if not self.strategy.history:
-            return scores
-        before = {r["seed_id"]: r for r in self.store.read(runstore.SCORES)
-                  if r.get("iteration") == iteration - 1 and "seed_id" in r}
-        for c in self.strategy.history:
-            scores.columns[previous(c)] = np.array(
-                [before.get(e.id, {}).get(c, np.nan) for e in self.seeds], dtype=np.float64)
-        return scores
-
-    def _pool_rows(self, iteration: int, columns: dict) -> list[dict]:
-        return [{"iteration": iteration, "seed_id": e.id, "stratum": stratum(e),
-                 **{c: float(columns[c][i]) for c in SCALAR_SCORES if c in columns}}
-                for i, e in enumerate(self.seeds)]
-
-    def _stored_pool_scores(self, iteration: int) -> SeedScores | None:
-        """The seed pool's scores for `iteration` from scores.jsonl (written by the fused
-        evaluation of iteration - 1), or None when they are not all there."""
-        rows = [r for r in self.store.read(runstore.SCORES)
-                if r.get("iteration") == iteration and "seed_id" in r]
-        if not rows or [r["seed_id"] for r in rows] != [e.id for e in self.seeds]:
-            return None
-        cols = [c for c in SCALAR_SCORES if c in rows[0]]
-        if not self.strategy.needs <= set(cols):
-            return None
-        return SeedScores({c: np.array([r[c] for r in rows], dtype=np.float64) for c in cols})
+        history = self.strategy.history  # columns from the previous round's pool rows
+        stored = self.pool_scores.stored(iteration, set(self.strategy.needs)) \
+            if self._fusable() else None
+        if stored is not None:
+            return self.pool_scores.with_history(stored, iteration, history)
+        with self.clock.phase("score"):
+            scores = self._score_examples(self.seeds, iteration)
+            rows = self.pool_scores.rows(iteration, scores.columns)
+            self.store.append(runstore.SCORES, rows)
+            state["n_scores"] += len(rows)
+        return self.pool_scores.with_history(scores, iteration, history)
 
     def _fusable(self) -> bool:
         """Evaluation and the next score step share one scorer pass: the strategy scores the pool
@@ -281,23 +228,22 @@ class Coordinator:
         done_ids = {r["request_id"] for r in self._synthetic()}
         todo = [(j, s) for j, s in enumerate(seeds) if f"gen-{iteration}-{s.id}" not in done_ids]
         chunk = max(8, self.cfg.teacher.micro_batch_size * self.cfg.teacher.replicas)
-        t0 = time.perf_counter()
-        for start in range(0, len(todo), chunk):
-            part = todo[start:start + chunk]
-            records = self.teacher.generate([s for _, s in part], iteration=iteration)
-            slot = {f"gen-{iteration}-{s.id}": j for j, s in part}
-            rows = []
-            for r in records:
-                j = slot[r["request_id"]]
-                rows.append(dict(r, seed_score=state["seed_scores"][j],
-                                 seed_index=state["selected"][j], stratum=stratum(seeds[j]),
-                                 contaminated=self._contamination(r)))
-            self.store.append(runstore.SYNTHETIC, rows)
-            fault_point("generate", iteration)  # samples on disk, not yet counted in state.json
-            state = self._save(state, n_synthetic=state["n_synthetic"] + len(rows))
-            if len(records) < len(part):  # the budget stopped the dispatcher
-                break
-        self._phase_s["generate"] = time.perf_counter() - t0
+        with self.clock.phase("generate"):
+            for start in range(0, len(todo), chunk):
+                part = todo[start:start + chunk]
+                records = self.teacher.generate([s for _, s in part], iteration=iteration)
+                slot = {f"gen-{iteration}-{s.id}": j for j, s in part}
+                rows = []
+                for r in records:
+                    j = slot[r["request_id"]]
+                    rows.append(dict(r, seed_score=state["seed_scores"][j],
+                                     seed_index=state["selected"][j], stratum=stratum(seeds[j]),
+                                     contaminated=contamination(self.held_out, r)))
+                self.store.append(runstore.SYNTHETIC, rows)
+                fault_point("generate", iteration)  # samples on disk, not yet counted in state
+                state = self._save(state, n_synthetic=state["n_synthetic"] + len(rows))
+                if len(records) < len(part):  # the budget stopped the dispatcher
+                    break
         mine = [r for r in self._synthetic() if r["iteration"] == iteration]
         if mine and not any(r["parsed"] for r in mine):
             print(f"[activesyn] warning: iteration {iteration}: none of the teacher's {len(mine)} "
@@ -327,22 +273,22 @@ class Coordinator:
         already running (overlapped with training); its time here is what training did not hide."""
         recs = self._synthetic_to_score(iteration)
         if recs:
-            t0 = time.perf_counter()
-            if pending is not None:
-                cols = pending.result()
-                scores = SeedScores({k: np.asarray(v) for k, v in cols.items() if k != "answer_text"})
-            else:
-                scores = self._score_examples([Example.from_dict(r["example"]) for r in recs],
-                                              iteration)
-            primary = self._primary(scores)
-            if primary is not None:
-                rows = [{"iteration": iteration, "request_id": r["request_id"],
-                         "seed_score": r["seed_score"], "sample_score": float(s),
-                         "stratum": r.get("stratum"), "kind": "synthetic"}
-                        for r, s in zip(recs, primary)]
-                self.store.append(runstore.SCORES, rows)
-                state["n_scores"] += len(rows)
-            self._phase_s["score_synthetic"] = time.perf_counter() - t0
+            with self.clock.phase("score_synthetic"):
+                if pending is not None:
+                    cols = pending.result()
+                    scores = SeedScores({k: np.asarray(v) for k, v in cols.items()
+                                         if k != "answer_text"})
+                else:
+                    scores = self._score_examples(
+                        [Example.from_dict(r["example"]) for r in recs], iteration)
+                primary = self._primary(scores)
+                if primary is not None:
+                    rows = [{"iteration": iteration, "request_id": r["request_id"],
+                             "seed_score": r["seed_score"], "sample_score": float(s),
+                             "stratum": r.get("stratum"), "kind": "synthetic"}
+                            for r, s in zip(recs, primary)]
+                    self.store.append(runstore.SCORES, rows)
+                    state["n_scores"] += len(rows)
         return self._save(state, phase=Phase.SCORED)
 
     def train(self, iteration: int, records: list[dict], settle_first=None,
@@ -363,85 +309,59 @@ class Coordinator:
             data, replayed = round_training_set(
                 [e for i, e in clean if is_new(i)], [e for i, e in clean if not is_new(i)],
                 replay=self.cfg.student.replay, seed=self.cfg.seed, round=iteration)
-        self._doing = f"training on {len(data)} samples"
-        t0 = time.perf_counter()
-        if data:
-            metrics = self.student.train(data, round=iteration, settle_first=settle_first)
-        else:
-            if settle_first is not None:
-                settle_first.settle()
-            metrics = {}
-        self._phase_s["train"] = time.perf_counter() - t0
+        self.console.doing = f"training on {len(data)} samples"
+        with self.clock.phase("train"):
+            if data:
+                metrics = self.student.train(data, round=iteration, settle_first=settle_first)
+            else:
+                if settle_first is not None:
+                    settle_first.settle()
+                metrics = {}
         return dict(metrics, train_size=len(data), train_replayed=replayed)
 
     def evaluate(self, state: dict, iteration: int, train: dict, records: list[dict], *,
                  static_prefix: bool = False, **changes) -> dict:
         """Step 5: greedy accuracy on the test (and validation) split -> one curve point.
         `changes` are saved to state.json in the same write as the new metrics count."""
-        self._doing = "evaluating"
-        t0 = time.perf_counter()
+        self.console.doing = "evaluating"
         pool_rows = []
         if not static_prefix and self._fusable() and self._continues(iteration):
             # the next score step needs the pool under THIS adapter: one scorer pass for both
-            ev, cols = self.student.evaluate_and_score(self.test + self.val, self.seeds,
-                                                       self._student_needs())
-            pool_rows = self._pool_rows(iteration + 1, cols)
-            self._phase_s["eval+score"] = time.perf_counter() - t0
+            with self.clock.phase("eval+score"):
+                ev, cols = self.student.evaluate_and_score(self.test + self.val, self.seeds,
+                                                           self._student_needs())
+                pool_rows = self.pool_scores.rows(iteration + 1, cols)
         else:
-            ev = self.student.evaluate(self.test + self.val)
-            self._phase_s["eval"] = time.perf_counter() - t0
+            with self.clock.phase("eval"):
+                ev = self.student.evaluate(self.test + self.val)
         self.student.save_adapter(str(self.store.checkpoints / f"round-{iteration}"))
-        correct = ev["correct"]
-        test_ok, val_ok = correct[:len(self.test)], correct[len(self.test):]
-        by_stratum: dict[str, list[bool]] = {}
-        for ex, ok in zip(self.test, test_ok):
-            by_stratum.setdefault(stratum(ex), []).append(ok)
-        val_by_stratum: dict[str, list[bool]] = {}  # what pilots and settings choices read
-        for ex, ok in zip(self.val, val_ok):
-            val_by_stratum.setdefault(stratum(ex), []).append(ok)
         if static_prefix:  # this point's samples are the prefix step (limit - k, limit]
             new = records[len(state.get("evaluated_prefixes", [])) * self.cfg.selection.k:]
         else:
             new = [r for r in records if r["iteration"] == iteration]
-        wall = time.perf_counter() - self._iter_t0 if self._iter_t0 is not None else None
-        row = {"iteration": iteration, "strategy": self.cfg.selection.strategy,
-               "seed": self.cfg.seed, "samples": len(records) if static_prefix else self.ledger.samples,
-               "train_size": train.get("train_size", 0),
-               "train_replayed": train.get("train_replayed", 0),  # older samples in train_size
-               "teacher_tokens": sum(r["prompt_tokens"] + r["completion_tokens"] for r in records)
-               if static_prefix else self.ledger.tokens,
-               "judge_tokens": self.ledger.judge_tokens,
-               "failed_parses": sum(not r["parsed"] for r in records),
-               "contaminated": sum(bool(r.get("contaminated")) for r in records),
-               "rejected": sum(bool(r.get("rejected")) for r in records),
-               "accuracy": float(np.mean(test_ok)) if test_ok else 0.0, "n_test": len(test_ok),
-               "accuracy_by_stratum": {s: float(np.mean(v)) for s, v in sorted(by_stratum.items())},
-               "n_test_by_stratum": {s: len(v) for s, v in sorted(by_stratum.items())},
-               "val_accuracy": float(np.mean(val_ok)) if val_ok else None,
-               "val_accuracy_by_stratum": {s: float(np.mean(v))
-                                           for s, v in sorted(val_by_stratum.items())},
-               "selected_by_stratum": dict(sorted(Counter(r["stratum"] for r in new
-                                                          if "stratum" in r).items())),
-               "train_loss_first": train.get("loss_first_epoch"),
-               "train_loss_last": train.get("loss_last_epoch"),
-               # per-phase seconds and the iteration's wall time (None for a resumed iteration):
-               # 1 - sum(phases)/wall is the orchestration overhead `activesyn bench` reports
-               "phase_s": {k: round(v, 3) for k, v in self._phase_s.items()},
-               "wall_s": None if wall is None else round(wall, 3)}
-        self._phase_s, self._iter_t0 = {}, time.perf_counter()
+        row = metrics_row(
+            iteration=iteration, strategy=self.cfg.selection.strategy, seed=self.cfg.seed,
+            test=self.test, val=self.val, correct=ev["correct"],
+            samples=len(records) if static_prefix else self.ledger.samples,
+            teacher_tokens=sum(r["prompt_tokens"] + r["completion_tokens"] for r in records)
+            if static_prefix else self.ledger.tokens,
+            judge_tokens=self.ledger.judge_tokens, records=records, new=new, train=train,
+            clock=self.clock)
+        self.clock.start_iteration()
         if pool_rows:  # counted in the same state write as the metrics row
             self.store.append(runstore.SCORES, pool_rows)
         self.store.append(runstore.METRICS, [row])
         track(self.cfg, self.store.root, row)  # TensorBoard / W&B / MLflow (output.trackers)
-        self._accuracy = row["accuracy"]
-        self._say(iteration_line(row, self.cfg.budget.samples))
+        self.console.accuracy = row["accuracy"]
+        self.console.say(iteration_line(row, self.cfg.budget.samples))
         return self._save(state, **{"phase": Phase.EVALUATED, "n_metrics": state["n_metrics"] + 1,
                                     "n_scores": state["n_scores"] + len(pool_rows), **changes})
 
     def _evaluate_start(self, state: dict) -> dict:
         """Iteration 0: the starting student (no synthetic data) at budget 0."""
         val = f" + {len(self.val)} validation" if self.val else ""
-        self._say(f"evaluating the starting student on {len(self.test)} test{val} questions")
+        self.console.say(f"evaluating the starting student on {len(self.test)} test{val} "
+                         f"questions")
         return self.evaluate(dict(state, phase=Phase.PREPARED), 0, {}, [])
 
     # ------------------------------------------------------------------------------ helpers
@@ -454,19 +374,19 @@ class Coordinator:
         if self.student is None:
             t0 = time.perf_counter()
             lora = f" + LoRA r {s.lora.r}" if s.lora else ", all weights"
-            self._say(f"loading the student ({s.model}{lora}): "
+            self.console.say(f"loading the student ({s.model}{lora}): "
                       f"{_n(res.trainer.num_workers, 'trainer rank')} (DeepSpeed ZeRO-{s.zero_stage}), "
                       f"{_n(res.scorers.num_workers, 'scorer shard')} ({resolve_inference(s)})")
             self.student = StudentPool(cfg=self.cfg, task=self.task)
-            self._say(started_line("trainer", t0))
+            self.console.say(started_line("trainer", t0))
         if self.teacher is None:
             t0 = time.perf_counter()
-            self._say(f"starting {_n(self.cfg.teacher.replicas, 'teacher replica')} "
+            self.console.say(f"starting {_n(self.cfg.teacher.replicas, 'teacher replica')} "
                       f"({self.cfg.teacher.engine}, {self.cfg.teacher.model}) while the scorer "
                       f"shards start their {resolve_inference(s)} engines")
             self.teacher = TeacherPool(cfg=self.cfg, task=self.task, ledger=self.ledger)
             self.student.scorers.gather("paths")  # the scorers' engines started with them
-            self._say(started_line("teacher and scorers", t0))
+            self.console.say(started_line("teacher and scorers", t0))
 
     def _student_needs(self) -> set[str]:
         """The strategy's needs the scorer shards compute (reward_model `verifier` is resolved by
@@ -489,12 +409,6 @@ class Coordinator:
         except (AssertionError, KeyError, NotImplementedError):
             return None
 
-    def _contamination(self, record: dict) -> str | None:
-        ex = record.get("example")
-        if self.held_out is None or not ex:
-            return None
-        return self.held_out.match(ex["question"], ex.get("solution"))
-
     def _request_cost(self) -> int:
         """Worst-case teacher tokens of one generate request, to size k before scoring; the teacher
         pool re-checks each request exactly before it is issued."""
@@ -503,37 +417,17 @@ class Coordinator:
     def _selected_seeds(self, state: dict) -> list[Example]:
         """The selected seeds; a seed drawn again (static, budget > pool) gets an `#n` id suffix so
         every request id stays unique."""
-        out, seen = [], {}
+        out, seen = [], Counter()
         for i in state["selected"]:
-            ex = self.seeds[i]
-            n = seen[i] = seen.get(i, 0) + 1
-            out.append(ex if n == 1 else Example(id=f"{ex.id}#{n}", question=ex.question,
-                                                 answer=ex.answer, solution=ex.solution,
-                                                 meta=ex.meta))
+            ex, seen[i] = self.seeds[i], seen[i] + 1
+            out.append(ex if seen[i] == 1 else replace(ex, id=f"{ex.id}#{seen[i]}"))
         return out
 
     # ------------------------------------------------------------------------------ state & logs
-    def _recover(self) -> dict:
-        """Make the files agree with state.json: drop torn tails and the logs of unfinished steps,
-        keep (and re-charge) teacher samples that completed after the last state save."""
-        self.store.repair()
-        state = self.store.load_state()
-        state["phase"] = _OLD_PHASES.get(state["phase"], state["phase"])
-        self.store.truncate_after(runstore.METRICS, state["n_metrics"])
-        self.store.truncate_after(runstore.SCORES, state["n_scores"])
-        synthetic = self._synthetic()
-        for rec in synthetic[state["n_synthetic"]:]:
-            self.ledger.charge(rec["request_id"], prompt_tokens=rec["prompt_tokens"],
-                               completion_tokens=rec["completion_tokens"], samples=1,
-                               parsed=rec["parsed"], rejected=bool(rec.get("rejected")))
-        state["n_synthetic"] = len(synthetic)
-        state["ledger"] = self.ledger.to_dict()
-        return state
-
     def _save(self, state: dict, **changes) -> dict:
         state.update(changes)
         state["phase"] = Phase(state["phase"]).value
-        self._doing = _NEXT_STEP.get(state["phase"], self._doing)
+        self.console.doing = NEXT_STEP.get(state["phase"], self.console.doing)
         state["ledger"] = self.ledger.to_dict()
         fault_point(f"save-{state['phase']}", state["iteration"])  # its logs written, state not
         self.store.save_state(state)
@@ -548,35 +442,11 @@ class Coordinator:
 
             plot_run(self.store.root)
 
-    def memory_report(self) -> dict[str, int]:
-        """Peak resident memory (bytes) per actor kind, the largest actor of each kind, over the
-        whole run (each process's own high-water mark), for sizing num_cpus / memory per node."""
-        from activesyn_ray.devices import peak_rss_bytes
-
-        out = {"coordinator": peak_rss_bytes()}
-        student = self.student.peak_rss()
-        out["trainer rank"] = max(r["peak_rss_bytes"] for r in student["trainer"])
-        for r in student["scorer"]:  # the scorer's size depends on the paths it built
-            key = f"scorer shard ({'+'.join(r['paths'])})"
-            out[key] = max(out.get(key, 0), r["peak_rss_bytes"])
-        replicas = getattr(self.teacher.backend, "actors", None)  # none under Ray Serve
-        if replicas:
-            for r in ray.get([a.peak_rss.remote() for a in replicas]):
-                key = f"teacher replica ({r['engine']})"
-                out[key] = max(out.get(key, 0), r["peak_rss_bytes"])
-        return out
-
     # ------------------------------------------------------------------------------ console
-    def _say(self, text: str) -> None:
-        """A line for the driver's console (handed over by progress()) and for run.log."""
-        log.info(text)
-        self._lines.append(text)
-
     def progress(self, since: int = 0) -> dict:
         """For the driver's console (console.RunConsole), polled while run() goes on: the lines
         after the first `since`, synthetic samples so far, the last accuracy, the step under way."""
-        return {"lines": self._lines[since:], "samples": self.ledger.samples,
-                "accuracy": self._accuracy, "doing": self._doing, "started": self._started}
+        return self.console.since(since, samples=self.ledger.samples)
 
     def summary(self) -> dict:
         metrics = self.store.read(runstore.METRICS)

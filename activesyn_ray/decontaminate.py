@@ -69,3 +69,12 @@ class Decontaminator:
             if not _ngrams(text, self.ngram).isdisjoint(self.grams):
                 return f"{self.ngram}-gram"
         return None
+
+
+def contamination(held_out: Decontaminator | None, record: dict) -> str | None:
+    """Why a synthetic.jsonl record matches a held-out question (None: clean, unparsed, or
+    decontamination off)."""
+    ex = record.get("example")
+    if held_out is None or not ex:
+        return None
+    return held_out.match(ex["question"], ex.get("solution"))

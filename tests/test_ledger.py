@@ -75,6 +75,7 @@ def test_coordinator_recover_uses_the_journal(tmp_path):
     from activesyn_ray.config import RunConfig
     from activesyn_ray.coordinator import Coordinator
     from activesyn_ray.run_setup import new_run
+    from activesyn_ray.run_state import recover
 
     cfg = RunConfig(task={"kind": "gym", "seed_size": 8, "test_size": 4},
                     output={"run_dir": str(tmp_path / "run")})
@@ -84,11 +85,11 @@ def test_coordinator_recover_uses_the_journal(tmp_path):
             for i in range(3)]
     store.append(runstore.SYNTHETIC, recs)
     c = Coordinator(run_dir=str(store.root))
-    state = c._save(c._recover())
+    state = c._save(recover(c.store, c.ledger))
     assert c.ledger.samples == 3 and c.ledger.tokens == 360
     on_disk = store.load_state()["ledger"]
     assert "charged_ids" not in on_disk and on_disk["n_charged"] == 3
     c2 = Coordinator(run_dir=str(store.root))
-    c2._recover()
+    recover(c2.store, c2.ledger)
     assert c2.ledger.charged_ids == c.ledger.charged_ids and c2.ledger.samples == 3
     assert state["n_synthetic"] == 3
