@@ -68,7 +68,9 @@ BOOTSTRAP_RESAMPLES = 10_000
 BUDGET = "samples"  # the x axis of every metric here
 
 
-def _load(run_dir: Path) -> dict:
+def load_run(run_dir: Path) -> dict:
+    """One run directory as the report (and the studies) read it: task group, strategy, seed,
+    metrics rows, synthetic scores, teacher counts."""
     store = RunStore(run_dir)
     cfg = yaml.safe_load(store.path(runstore.CONFIG).read_text())
     metrics = store.read(runstore.METRICS)
@@ -148,7 +150,7 @@ def _budgets(runs: list[dict]) -> list[float]:
 def plot_run(run_dir: str | Path) -> Path | None:
     """plots/accuracy_vs_budget.png for one run (rewritten after every evaluation): accuracy vs
     samples and vs teacher tokens, plus accuracy per stratum when the metrics carry it."""
-    run = _load(Path(run_dir))
+    run = load_run(Path(run_dir))
     m = run["metrics"]
     if not m:
         return None
@@ -211,7 +213,8 @@ def efficiency_ratio(run_s: dict, run_b: dict, key: str = BUDGET) -> dict:
 
 def bootstrap_mean(values: list[float], resamples: int = BOOTSTRAP_RESAMPLES,
                    seed: int = 0) -> dict:
-    """Mean and 95% percentile bootstrap interval over the values (seeds); no interval for one."""
+    """Mean and 95% percentile bootstrap interval over the values (seeds); no interval for one.
+    The one bootstrap of the package: the report's summaries and activesyn_ray/studies' too."""
     v = np.asarray(values, float)
     if not len(v):
         return {"mean": None, "ci": None, "n": 0}
@@ -223,8 +226,10 @@ def bootstrap_mean(values: list[float], resamples: int = BOOTSTRAP_RESAMPLES,
     return {"mean": float(v.mean()), "ci": ci, "n": len(v)}
 
 
-def _pairs(runs_s: list[dict], runs_b: list[dict]) -> tuple[list[tuple[dict, dict]], int]:
-    """(S run, B run) pairs with the same seed, both with metrics; and how many S runs had none."""
+def paired_runs(runs_s: list[dict], runs_b: list[dict]) -> tuple[list[tuple[dict, dict]], int]:
+    """(S run, B run) pairs with the same seed, both with metrics, in the order of `runs_s`; and
+    how many S runs with metrics had no B run of their seed. The one pairing of the package: every
+    paired difference of the report and the studies is taken over these pairs."""
     base = {}
     for r in runs_b:
         if r["metrics"]:
@@ -235,7 +240,7 @@ def _pairs(runs_s: list[dict], runs_b: list[dict]) -> tuple[list[tuple[dict, dic
 
 def efficiency(runs_s: list[dict], runs_b: list[dict], key: str = BUDGET) -> dict:
     """Per-seed efficiency ratios of S over B, their mean and bootstrap interval, bound counts."""
-    pairs, unpaired = _pairs(runs_s, runs_b)
+    pairs, unpaired = paired_runs(runs_s, runs_b)
     per_seed = {s["seed"]: efficiency_ratio(s, b, key) for s, b in pairs}
     out = bootstrap_mean([e["ratio"] for e in per_seed.values()])
     lower = sum(e["bound"] == "lower" for e in per_seed.values())
@@ -272,14 +277,14 @@ def auc(run: dict, lo: float, hi: float, key: str = BUDGET) -> float:
 
 def auc_difference(runs_s: list[dict], runs_b: list[dict], lo: float, hi: float) -> dict:
     """Paired (same seed) AUC difference S - B, mean and bootstrap interval over seeds."""
-    pairs, unpaired = _pairs(runs_s, runs_b)
+    pairs, unpaired = paired_runs(runs_s, runs_b)
     per_seed = {s["seed"]: auc(s, lo, hi) - auc(b, lo, hi) for s, b in pairs}
     return {**bootstrap_mean(list(per_seed.values())), "unpaired": unpaired, "per_seed": per_seed}
 
 
 def final_difference(runs_s: list[dict], runs_b: list[dict]) -> dict:
     """Paired (same seed) S's accuracy at its last point minus B's at that budget, over seeds."""
-    pairs, unpaired = _pairs(runs_s, runs_b)
+    pairs, unpaired = paired_runs(runs_s, runs_b)
     per_seed = {}
     for s, b in pairs:
         budget, accuracy = _final(s)
@@ -324,7 +329,8 @@ def _ci_curve(runs: list[dict]) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.
 
 
 # ------------------------------------------------------------------------------ rank correlation
-def _spearman(a, b) -> tuple[float | None, float | None]:
+def spearman(a, b) -> tuple[float | None, float | None]:
+    """(rho, p) of Spearman's rank correlation; (None, None) under 3 points or for constant input."""
     from scipy.stats import spearmanr
 
     if len(a) < 3:
@@ -350,13 +356,13 @@ def dataset_spearman(runs: list[dict]) -> dict:
     """Spearman over (median seed score, median sample score) of each (run, iteration)."""
     pts = [(np.median([r["seed_score"] for r in g]), np.median([r["sample_score"] for r in g]))
            for g in _by_iteration(runs)]
-    rho, p = _spearman([a for a, _ in pts], [b for _, b in pts])
+    rho, p = spearman([a for a, _ in pts], [b for _, b in pts])
     return {"rho": rho, "p": p, "n": len(pts)}
 
 
 def within_iteration_spearman(runs: list[dict]) -> dict:
     """Spearman inside each (run, iteration), averaged over those where it is defined."""
-    rhos = [_spearman([r["seed_score"] for r in g], [r["sample_score"] for r in g])[0]
+    rhos = [spearman([r["seed_score"] for r in g], [r["sample_score"] for r in g])[0]
             for g in _by_iteration(runs)]
     rhos = [r for r in rhos if r is not None]
     return {"rho": float(np.mean(rhos)) if rhos else None, "n": len(rhos),
@@ -562,7 +568,7 @@ def _efficiency_panels(strategy: str, g: dict[str, list[dict]], row: dict,
     for b in baselines:
         if strategy in BASELINES or f"efficiency_vs_{b}" not in row:
             continue
-        pairs, _ = _pairs(g[strategy], g[b])
+        pairs, _ = paired_runs(g[strategy], g[b])
         runs_s, runs_b = [s for s, _ in pairs], [b_ for _, b_ in pairs]
         if pairs and max(_budgets(runs_b)) > max(_budgets(runs_s)):
             at = efficiency_ratio(_mean_run(runs_s), _mean_run(runs_b))
@@ -659,7 +665,7 @@ def write_report(run_dirs: list[str | Path], out: str | Path,
     baselines = tuple(dict.fromkeys((*BASELINES, *baselines)))  # random, static always; no repeats
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    runs = [_load(Path(d)) for d in run_dirs]
+    runs = [load_run(Path(d)) for d in run_dirs]
     by_task: dict[str, dict[str, list[dict]]] = defaultdict(lambda: defaultdict(list))
     for r in runs:
         by_task[r["task"]][r["strategy"]].append(r)

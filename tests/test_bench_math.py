@@ -1,20 +1,13 @@
-"""The arithmetic behind `activesyn bench --parts trainer,growth` and the protocol comparison: FLOP
-counts, growth exponents, paired arm statistics (no Ray; real models and committed runs)."""
-
-import shutil
-from pathlib import Path
+"""The arithmetic behind `activesyn bench --parts trainer,growth`: FLOP counts, growth exponents,
+the machine description (no Ray; real models)."""
 
 import pytest
 import torch
 
 from activesyn_ray.benchmarks.cost_growth import growth
 from activesyn_ray.benchmarks.machine import describe, summary_rows
-from activesyn_ray.benchmarks.protocol_compare import compare, load_arm, markdown
 from activesyn_ray.benchmarks.trainer_efficiency import param_counts, train_flops
 from activesyn_ray.config import LoraConfig
-
-ROOT = Path(__file__).resolve().parents[1]
-GRID = ROOT / "docs" / "results" / "pretrained-cpu" / "grid"
 
 
 def test_growth_tells_quadratic_from_linear():
@@ -56,25 +49,3 @@ def test_machine_description_names_what_a_figure_depends_on():
     assert m["cpu_model"] and set(m["isa"]) >= {"avx2", "avx512f", "avx512_bf16", "amx_bf16"}
     assert m["versions"]["torch"] and m["versions"]["deepspeed"] and len(m["loadavg"]) == 3
     assert [r[0] for r in summary_rows(m)] == ["machine", "versions"]
-
-
-def test_protocol_comparison_of_an_arm_with_itself(tmp_path):
-    """Two copies of the committed pretrained grid as two arms: zero paired differences, a time
-    ratio of 1, 'holds' but does not 'pay'; a different arm moves the numbers."""
-    for arm in ("ref", "same"):
-        shutil.copytree(GRID, tmp_path / arm)
-    arms = {a: load_arm(tmp_path / a) for a in ("ref", "same")}
-    assert len(arms["ref"]) == 15  # 5 strategies x 3 seeds, all finished
-    out = compare(arms)
-    row = out["strategies"]["loss"]["same"]
-    assert row["accuracy_diff"]["mean"] == 0 and row["auc_diff"]["mean"] == 0
-    assert row["train_time_ratio"]["mean"] == pytest.approx(1.0)
-    assert row["holds"] is True and row["pays"] is False
-    assert out["strategies"]["loss"]["ref"]["train_s"]["mean"] > 100
-    assert "| loss | same | 3 |" in markdown(out)
-    for r in arms["same"]:  # an arm that trains 4x faster and ends 0.5 lower
-        r["train_s"] /= 4
-        r["metrics"][-1] = dict(r["metrics"][-1], accuracy=r["metrics"][-1]["accuracy"] - 0.5)
-    row = compare(arms)["strategies"]["loss"]["same"]
-    assert row["train_time_ratio"]["mean"] == pytest.approx(4.0) and row["pays"] is True
-    assert row["accuracy_diff"]["mean"] == pytest.approx(-0.5) and row["holds"] is False

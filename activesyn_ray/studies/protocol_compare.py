@@ -1,15 +1,16 @@
 """The training-protocol comparison pre-registered in jobs/protocol-restart-cpu.yaml: arms (one
 experiment each) x strategies, over paired seeds.
 
-    python -m activesyn_ray.benchmarks.protocol_compare runs/protocol-restart-cpu \\
+    python -m activesyn_ray.studies.protocol_compare runs/protocol-restart-cpu \\
         runs/protocol-continue25-cpu runs/protocol-continue50-cpu [--out protocol.json]
 
 The first folder is the reference arm (the paper's protocol). Per arm x strategy: final test
 accuracy, AUC (report.auc over the samples range every run covers) and total training seconds (sum
 of phase_s.train), each a mean with a 95% bootstrap interval over seeds; against the reference arm,
-paired by seed: the accuracy and AUC differences and the training-seconds ratio, and the
-pre-registered verdicts ("holds": final accuracy and AUC means inside the reference's intervals;
-"pays": paired training-time ratio >= 3). Only finished runs count.
+paired by seed (report.paired_runs): the accuracy and AUC differences and the training-seconds
+ratio, and the pre-registered verdicts ("holds": final accuracy and AUC means inside the
+reference's intervals; "pays": paired training-time ratio >= 3). Only finished runs count. Every
+interval is report.bootstrap_mean's.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import json
 from pathlib import Path
 
 from activesyn_ray.benchmarks import write_result
-from activesyn_ray.report import _load, auc, bootstrap_mean, common_range
+from activesyn_ray.report import auc, bootstrap_mean, common_range, load_run, paired_runs
 
 PAYS = 3.0  # the pre-registered training-time ratio
 
@@ -27,7 +28,7 @@ PAYS = 3.0  # the pre-registered training-time ratio
 def load_arm(root: Path) -> list[dict]:
     runs = []
     for state in sorted(root.glob("*/*/state.json")):
-        run = _load(state.parent)
+        run = load_run(state.parent)
         if json.loads(state.read_text()).get("done") and run["metrics"]:
             run["arm"] = root.name
             run["train_s"] = sum(m.get("phase_s", {}).get("train", 0.0) for m in run["metrics"])
@@ -43,22 +44,22 @@ def compare(arms: dict[str, list[dict]]) -> dict:
     out: dict = {"auc_range": list(rng) if rng else None, "strategies": {}}
     for strategy in sorted({r["strategy"] for r in everyone}):
         rows = {}
-        ref = {r["seed"]: r for r in arms[ref_name] if r["strategy"] == strategy}
+        ref = [r for r in arms[ref_name] if r["strategy"] == strategy]
         for arm, runs in arms.items():
             mine = {r["seed"]: r for r in runs if r["strategy"] == strategy}
             row = {"seeds": sorted(mine),
                    "final_accuracy": bootstrap_mean([r["metrics"][-1]["accuracy"] for r in mine.values()]),
                    "auc": bootstrap_mean([auc(r, *rng) for r in mine.values()]) if rng else None,
                    "train_s": bootstrap_mean([r["train_s"] for r in mine.values()])}
-            paired = sorted(set(mine) & set(ref))
-            if arm != ref_name and paired:
-                row["paired_seeds"] = paired
+            pairs = paired_runs([mine[s] for s in sorted(mine)], ref)[0] if arm != ref_name else []
+            if pairs:  # in seed order
+                row["paired_seeds"] = [m["seed"] for m, _ in pairs]
                 row["accuracy_diff"] = bootstrap_mean(
-                    [mine[s]["metrics"][-1]["accuracy"] - ref[s]["metrics"][-1]["accuracy"] for s in paired])
+                    [m["metrics"][-1]["accuracy"] - r["metrics"][-1]["accuracy"] for m, r in pairs])
                 row["auc_diff"] = bootstrap_mean(
-                    [auc(mine[s], *rng) - auc(ref[s], *rng) for s in paired]) if rng else None
+                    [auc(m, *rng) - auc(r, *rng) for m, r in pairs]) if rng else None
                 row["train_time_ratio"] = bootstrap_mean(
-                    [ref[s]["train_s"] / mine[s]["train_s"] for s in paired if mine[s]["train_s"] > 0])
+                    [r["train_s"] / m["train_s"] for m, r in pairs if m["train_s"] > 0])
                 r0 = rows[ref_name]
                 row["holds"] = (_inside(row["final_accuracy"], r0["final_accuracy"])
                                 and _inside(row["auc"], r0["auc"]))

@@ -6,7 +6,7 @@ report per (n, T) the share of questions whose pass rate p is strictly between 0
 learnability can rank (p = 0 or 1 all score 0 and tie). n answers are the first n of the N_MAX
 drawn, so every n is measured on the same samples. The test split is never read.
 
-    python -m activesyn_ray.benchmarks.learnability_settings RUN_DIR --round 1 --out settings.json
+    python -m activesyn_ray.studies.learnability_settings RUN_DIR --round 1 --out settings.json
 """
 
 from __future__ import annotations

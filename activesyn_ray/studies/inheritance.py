@@ -6,9 +6,10 @@ that run) scores seeds and samples alike: loss (own greedy answer), loss_gt (ref
 pass_rate (n sampled answers). The Spearman rank correlation of seed score vs sample score is the
 paper's inheritance measure (its Fig. 2) within one round; it is computed over all seeds and
 within each level (across levels, the level alone makes scores correlate, whatever the mode).
-Only the seed pool is used (never validation or test).
+Spearman is report.spearman's (None under 3 points or for constant scores). Only the seed pool
+is used (never validation or test).
 
-    python -m activesyn_ray.benchmarks.inheritance RUN_DIR --round 2 --out inheritance.json
+    python -m activesyn_ray.studies.inheritance RUN_DIR --round 2 --out inheritance.json
 """
 
 from __future__ import annotations
@@ -19,15 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from activesyn_ray.benchmarks import write_result
-
-
-def spearman(x, y) -> float | None:
-    from scipy.stats import spearmanr
-
-    x, y = np.asarray(x, float), np.asarray(y, float)
-    if len(x) < 3 or np.all(x == x[0]) or np.all(y == y[0]):
-        return None
-    return float(spearmanr(x, y).statistic)
+from activesyn_ray.report import spearman
 
 
 def main() -> None:
@@ -78,9 +71,9 @@ def main() -> None:
         per = {}
         for col in needs:
             within = {lv: spearman([base[col][i] for i, s in enumerate(seeds) if stratum(s) == lv],
-                                   [sc[col][i] for i, s in enumerate(seeds) if stratum(s) == lv])
+                                   [sc[col][i] for i, s in enumerate(seeds) if stratum(s) == lv])[0]
                       for lv in levels}
-            per[col] = {"all_seeds": spearman(base[col], sc[col]), "within_level": within}
+            per[col] = {"all_seeds": spearman(base[col], sc[col])[0], "within_level": within}
         result["modes"][mode] = {"keeps_structure": kept, "spearman": per}
         print(f"like: {mode:<5}  structure kept {kept:.2f}  " + "  ".join(
             f"{c}: rho {per[c]['all_seeds']:+.2f} (within levels "

@@ -8,7 +8,7 @@ The base model was never taught the `#### answer` format, so two scores are prin
   strict   the project's checker (`#### X` required)              -> what round 0 of a run sees
   lenient  the last number of its first answer line, checked exactly -> what it can compute
 
-    python -m activesyn_ray.benchmarks.pilot_levels --model smollm2-135m --n 40 --out pilot.json
+    python -m activesyn_ray.studies.pilot_levels --model smollm2-135m --n 40 --out pilot.json
 """
 
 from __future__ import annotations
