@@ -11,6 +11,8 @@
     activesyn experiment jobs/compare-cpu.yaml           # strategies x seeds x tasks, then a report
     activesyn bench                                      # throughput of every part, side by side
     activesyn make-teacher jobs/llm-teacher-cpu.yaml --name T   # a small trained LLM teacher
+    activesyn cache stats [DIR] [--runs ROOT]            # teacher cache: entries, bytes, hits per run
+    activesyn cache clear [DIR]                          # delete every cached teacher reply
 
 A RUN may be a local folder or a storage URI (output.root: s3://..., file://...).
 """
@@ -281,9 +283,10 @@ def bench(out: Path = typer.Option(Path("bench.json"), help="JSON with every mea
           num_gpus: float = typer.Option(0, help="GPUs per student actor (0 on CPU)."),
           parts: str = typer.Option("teacher,student,trainer,loop",
                                     help="Comma list of parts: teacher, student, trainer, loop, "
-                                         "growth, fusion, llm-teacher."),
+                                         "growth, fusion, llm-teacher, pipeline, pipeline-local."),
           llm_teacher: str = typer.Option("smollm2-arith-teacher", help="Made teacher (activesyn "
-                                          "make-teacher) timed by --parts llm-teacher.")):
+                                          "make-teacher) timed by --parts llm-teacher and "
+                                          "pipeline-local.")):
     """Throughput side by side: vLLM vs HF, replicas, scorer shards, trainer ranks and their
     utilisation of the hardware, sync bytes, orchestration overhead, training cost growth; with the
     machine it ran on. Prints a table and writes JSON."""
@@ -304,6 +307,107 @@ def bench(out: Path = typer.Option(Path("bench.json"), help="JSON with every mea
         table.add_row(*row)
     Console().print(table)
     console.print(f"wrote {out}")
+
+
+# ------------------------------------------------------------------------------ activesyn cache
+cache_app = typer.Typer(add_completion=False, no_args_is_help=True,
+                        help="The teacher response cache (teacher.cache): what it holds, per run.")
+app.add_typer(cache_app, name="cache")
+CACHE_DIR_HELP = "Cache folder or storage URI (default: teacher.cache.dir's default, " \
+                 "$ACTIVESYN_TEACHER_CACHE or $ACTIVESYN_CACHE/teacher-cache)."
+
+
+def _cache_location(where: Optional[str], config: Optional[Path]) -> str:
+    from activesyn_ray.teacher.cache import default_location, location_of
+
+    if where and config:
+        _fail("give a cache DIR or --config, not both")
+    if config is not None:
+        try:
+            return location_of(load_config(config).teacher.cache)
+        except ConfigError as err:
+            _fail(str(err))
+    return where or default_location()
+
+
+def _ledger_tokens(root: Path) -> list[tuple[str, dict]]:
+    """(run, its state.json ledger) for every run directory under root (root itself included)."""
+    import json
+
+    out = []
+    for state in sorted(root.rglob("state.json")):
+        try:
+            led = json.loads(state.read_text()).get("ledger") or {}
+        except (OSError, ValueError):
+            continue
+        rel = state.parent.relative_to(root).as_posix()
+        out.append((rel if rel != "." else state.parent.name, led))
+    return out
+
+
+@cache_app.command("stats")
+def cache_stats(where: Optional[str] = typer.Argument(None, metavar="DIR", help=CACHE_DIR_HELP),
+                config: Optional[Path] = typer.Option(None, "--config", help="Take the cache "
+                                                      "location from this run config's teacher.cache.dir."),
+                runs: Optional[Path] = typer.Option(None, "--runs", help="Also list the teacher "
+                                                    "tokens paid vs served from the cache of every "
+                                                    "run directory under this folder (from their "
+                                                    "state.json ledgers; with or without a cache).")):
+    """Entries and bytes in the cache, and per run: hits, misses, unusable (corrupt) entries
+    refetched, teacher tokens paid vs served from the cache."""
+    from rich.table import Table
+
+    from activesyn_ray.teacher.cache import stats
+
+    location = _cache_location(where, config)
+    try:
+        st = stats(location)
+    except (OSError, ValueError) as err:
+        _fail(f"teacher cache {location}: {err}")
+    out = Console()
+    out.print(f"teacher cache {st['location']}: {st['entries']} entries, {st['bytes']:,} bytes",
+              highlight=False)
+    if st["runs"]:
+        table = Table(title="runs that used it")
+        for col in ("run", "hits", "misses", "corrupt", "tokens paid", "tokens cached", "evicted"):
+            table.add_column(col, justify="left" if col == "run" else "right")
+        for r in st["runs"]:
+            table.add_row(str(r.get("run")), *(f"{int(r.get(k, 0)):,}" for k in
+                                               ("hits", "misses", "corrupt", "tokens_paid",
+                                                "tokens_cached", "evicted")))
+        out.print(table)
+    if runs is not None:
+        rows = _ledger_tokens(runs)
+        if not rows:
+            _fail(f"{runs}: no run directory (state.json) under it")
+        table = Table(title=f"teacher tokens of the runs under {runs}")
+        for col in ("run", "teacher tokens", "paid", "served from cache"):
+            table.add_column(col, justify="left" if col == "run" else "right")
+        tot = [0, 0, 0]
+        for name, led in rows:
+            t = int(led.get("tokens", 0))
+            c = int(led.get("cached_tokens", 0))
+            for i, v in enumerate((t, t - c, c)):
+                tot[i] += v
+            table.add_row(name, f"{t:,}", f"{t - c:,}", f"{c:,}")
+        table.add_row("total", *(f"{v:,}" for v in tot))
+        out.print(table)
+
+
+@cache_app.command("clear")
+def cache_clear(where: Optional[str] = typer.Argument(None, metavar="DIR", help=CACHE_DIR_HELP),
+                config: Optional[Path] = typer.Option(None, "--config", help="Take the cache "
+                                                      "location from this run config's teacher.cache.dir.")):
+    """Delete every cached teacher reply and the per-run counts."""
+    from activesyn_ray.teacher.cache import clear
+
+    location = _cache_location(where, config)
+    try:
+        res = clear(location)
+    except (OSError, ValueError) as err:
+        _fail(f"teacher cache {location}: {err}")
+    Console().print(f"teacher cache {res['location']}: deleted {res['entries']} entries "
+                    f"({res['bytes']:,} bytes)", highlight=False)
 
 
 def main() -> None:  # python -m activesyn_ray.cli

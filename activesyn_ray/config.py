@@ -267,6 +267,51 @@ class ProceduralConfig(_Group):
     without a structure to follow use level and say so at start-up."""
 
 
+_SIZE_UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
+               "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
+
+
+def parse_size(value: Any) -> Any:
+    """A byte count as an int or a string with a unit ("500MB", "2GiB", "1.5 GB"); anything else
+    is left for the field's own validation to refuse."""
+    if not isinstance(value, str):
+        return value
+    import re
+
+    m = re.fullmatch(r"\s*([0-9]+(?:\.[0-9]+)?)\s*([A-Za-z]*)\s*", value)
+    if not m or m.group(2).lower() not in _SIZE_UNITS:
+        raise ValueError("a byte count such as 500000000, 500MB or 2GiB")
+    return int(float(m.group(1)) * _SIZE_UNITS[m.group(2).lower()])
+
+
+class TeacherCacheConfig(_Group):
+    """The teacher response cache (teacher/cache.py): an identical request is answered from it."""
+    enabled: Literal["auto", True, False] = "auto"
+    """auto: on for LLM engines (hf, vllm, openai), off for procedural (it costs nothing), and off
+    everywhere when ACTIVESYN_TEACHER_CACHE=off; true/false: always on/off. A hit returns the stored
+    reply and is charged to the budget like a paid one (same choices, same stopping point); the
+    ledger, state.json and metrics count the tokens paid and served from the cache apart."""
+    dir: str | None = None
+    """Folder or storage URI (s3://, gs://, file://: anything pyarrow.fs opens) of the cache, shared
+    by every run that names it. null: $ACTIVESYN_TEACHER_CACHE, else $ACTIVESYN_CACHE/teacher-cache
+    (~/.cache/activesyn_ray/teacher-cache)."""
+    max_bytes: int | None = Field(2 * 2**30, gt=0)
+    """Size limit of the cache (bytes, or e.g. 500MB / 2GiB); past it the least recently used
+    entries are deleted. null: no limit."""
+
+    @field_validator("max_bytes", mode="before")
+    @classmethod
+    def _size_units(cls, v: Any) -> Any:
+        return parse_size(v)
+
+    @field_validator("dir")
+    @classmethod
+    def _dir_not_empty(cls, v: str | None) -> str | None:
+        if v is not None and not v.strip():
+            raise ValueError("a folder or storage URI, or null for the default")
+        return v
+
+
 class TeacherConfig(_Group):
     engine: Literal["procedural", "hf", "vllm", "openai"] = "procedural"
     """procedural = a new instance from the seed's own reasoning-gym generator and difficulty
@@ -308,6 +353,7 @@ class TeacherConfig(_Group):
     engine when samples come from the procedural teacher (which would grade by exact checking)."""
     judge_model: str | None = None
     """Model of judge_engine (null = `model`). Judge tokens are charged to the same ledger."""
+    cache: TeacherCacheConfig = Field(default_factory=TeacherCacheConfig)
     procedural: ProceduralConfig = Field(default_factory=ProceduralConfig)
     vllm: VllmConfig = Field(default_factory=VllmConfig)
     openai: OpenAIConfig = Field(default_factory=OpenAIConfig)
@@ -447,6 +493,20 @@ class OutputConfig(_Group):
     command that compares strategies on this task)."""
 
 
+# --------------------------------------------------------------------------------------------- loop
+class LoopConfig(_Group):
+    pipeline: bool = False
+    """Overlap the teacher with the student: while round t trains and is evaluated, round t+1's
+    seeds are selected and the teacher generates them. Its seeds come from the pool's scores
+    `max_staleness` adapters old (recorded per sample as `staleness`), with the seeds already in
+    flight left out. Needs the pool's scores from the fused evaluation: a strategy whose needs
+    are scorer columns (not badge, llm-judge) and student.fuse_eval_and_score; not static (no
+    rounds). Off: every step waits for the one before (the paper's protocol)."""
+    max_staleness: int = Field(1, ge=0, le=1)
+    """pipeline: how many adapters old the scores a selection reads may be. 1: the teacher runs
+    one round ahead (round t+1 chosen under the adapter of round t-1); 0: no overlap."""
+
+
 # ----------------------------------------------------------------------------------------- the run
 class RunConfig(_Group):
     name: str = "run"
@@ -460,6 +520,7 @@ class RunConfig(_Group):
     teacher: TeacherConfig = Field(default_factory=TeacherConfig)
     selection: SelectionConfig = Field(default_factory=SelectionConfig)
     budget: BudgetConfig = Field(default_factory=BudgetConfig)
+    loop: LoopConfig = Field(default_factory=LoopConfig)
     resources: ResourcesConfig = Field(default_factory=ResourcesConfig)
     output: OutputConfig = Field(default_factory=OutputConfig)
 
@@ -502,10 +563,32 @@ class RunConfig(_Group):
             raise ValueError(f"resources.teacher.num_gpus: each vLLM replica holds its "
                              f"tensor-parallel GPUs, so it must equal teacher.vllm."
                              f"tensor_parallel_size ({tp}) (got {gpus:g})")
+        if self.loop.pipeline:
+            self._check_pipeline()
         if self.teacher.engine == "procedural" and self.task.kind != "gym":
             raise ValueError("teacher.engine: 'procedural' needs a task with a generator "
                              "(task.kind: gym); use hf, vllm or openai for other tasks")
         return self
+
+    def _check_pipeline(self) -> None:
+        from activesyn_ray.selection import build_strategy
+
+        strategy = build_strategy(self.selection)
+        if not strategy.iterative:
+            raise ValueError(f"loop.pipeline: strategy {self.selection.strategy!r} has no rounds "
+                             f"to overlap (it generates its whole budget at once); set "
+                             f"loop.pipeline: false")
+        from activesyn_ray.pool_scores import FUSABLE
+
+        if strategy.needs and not strategy.needs <= FUSABLE:
+            raise ValueError(f"loop.pipeline: strategy {self.selection.strategy!r} needs "
+                             f"{', '.join(sorted(strategy.needs - FUSABLE))}, which the fused "
+                             f"evaluation does not store; a pipelined selection reads the pool's "
+                             f"stored scores only (strategies that need: "
+                             f"{', '.join(sorted(FUSABLE))})")
+        if strategy.needs and not self.student.fuse_eval_and_score:
+            raise ValueError("loop.pipeline: needs student.fuse_eval_and_score: true (the pool's "
+                             "scores for the next selection come from the evaluation's pass)")
 
     def fingerprint(self) -> str:
         """Short hash of the config snapshot as written to a run directory (see snapshot_fingerprint)."""

@@ -46,7 +46,8 @@ def recover(store: RunStore, ledger: Ledger) -> dict:
     for rec in synthetic[state["n_synthetic"]:]:
         ledger.charge(rec["request_id"], prompt_tokens=rec["prompt_tokens"],
                       completion_tokens=rec["completion_tokens"], samples=1,
-                      parsed=rec["parsed"], rejected=bool(rec.get("rejected")))
+                      parsed=rec["parsed"], rejected=bool(rec.get("rejected")),
+                      cached=bool(rec.get("cached")))
     state["n_synthetic"] = len(synthetic)
     state["ledger"] = ledger.to_dict()
     return state

@@ -39,7 +39,8 @@ CHATTY_LOGGERS = ("ray", "transformers", "deepspeed", "DeepSpeed", "datasets", "
 # Set for every worker: tokenizers' fork warning is noise inside actors.
 FIXED_ENV = {"TOKENIZERS_PARALLELISM": "false"}
 # Caches shared by all actors of a machine.
-CACHE_KEYS = ("ACTIVESYN_CACHE", "ACTIVESYN_WHEELS", "TORCH_EXTENSIONS_DIR", "VLLM_CACHE_ROOT")
+CACHE_KEYS = ("ACTIVESYN_CACHE", "ACTIVESYN_WHEELS", "TORCH_EXTENSIONS_DIR", "VLLM_CACHE_ROOT",
+              "ACTIVESYN_TEACHER_CACHE")
 # Settings read by huggingface_hub / transformers / datasets.
 HF_PREFIXES = ("HF_", "HUGGINGFACE_", "TRANSFORMERS_")
 SECRET_WORDS = ("TOKEN", "KEY", "SECRET", "PASSWORD", "CREDENTIAL")

@@ -21,6 +21,10 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("ACTIVESYN_CACHE", str(Path.home() / ".cache" / "activesyn_ray"))
 os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(Path.home() / ".cache" / "activesyn_ray" / "torch_ext"))
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# The teacher response cache (teacher.cache) is on by default for LLM engines and outlives a pytest
+# run: the suite's tests must reach their engines (replica kills, requests seen by a server), so
+# `enabled: auto` is off here; tests/test_cache.py turns it on in a folder of its own.
+os.environ["ACTIVESYN_TEACHER_CACHE"] = "off"
 # The loopback OpenAI server's key (tests/test_teacher.py): in the driver's environment before the
 # shared Ray starts, so its local workers inherit it as a node's workers inherit `ray start`'s.
 TEACHER_KEY_ENV, TEACHER_KEY = "ASR_TEST_TEACHER_KEY", "sk-test-0123456789-do-not-leak"

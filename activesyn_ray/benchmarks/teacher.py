@@ -35,6 +35,7 @@ def bench_one(*, engine: str, replicas: int, args, task, seeds, warm) -> dict:
         "teacher": {"engine": engine, "model": args.model, "replicas": replicas,
                     "max_new_tokens": args.max_new_tokens, "temperature": 0.0,
                     "micro_batch_size": per_replica,  # one call per replica: vLLM batches it whole
+                    "cache": {"enabled": False},  # timed requests reach the engine, every time
                     "vllm": {"max_model_len": args.max_model_len, "cpu_kvcache_space_gb": 1}},
         "budget": {"samples": 1_000_000},
         "resources": {"teacher": {"num_cpus": args.cpus_per_replica}},

@@ -47,6 +47,7 @@ def main(argv=None) -> int:
         "teacher": {"engine": "vllm", "model": a.model, "replicas": 2,
                     "max_new_tokens": a.max_new_tokens, "temperature": 0.0,
                     "micro_batch_size": -(-n // 2),
+                    "cache": {"enabled": False},  # timed requests reach the engine, every time
                     "vllm": {"max_model_len": 1024, "cpu_kvcache_space_gb": 1}},
         "budget": {"samples": 1_000_000}, "resources": {"teacher": {"num_cpus": 1}}})
     task = build_task(cfg.task, seed=0)

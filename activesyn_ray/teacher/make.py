@@ -241,9 +241,12 @@ def measure(run_cfg: RunConfig, task, seeds: list[Example], *, model: str,
 
     # one call with every seed (vLLM batches it whole); a measurement, not a fault test: the hung-
     # replica timeout only has to stay above one slow call on a loaded box
+    # a measurement of the teacher (its replies and their speed): never served from the cache
     teacher = run_cfg.teacher.model_copy(update={"engine": engine, "model": model, "verify": True,
                                                  "replicas": 1, "micro_batch_size": len(seeds),
-                                                 "request_timeout_s": 3600})
+                                                 "request_timeout_s": 3600,
+                                                 "cache": run_cfg.teacher.cache.model_copy(
+                                                     update={"enabled": False})})
     cfg = run_cfg.model_copy(update={"teacher": teacher,
                                      "budget": BudgetConfig(samples=len(seeds) + 4)})
     t0 = time.perf_counter()

@@ -16,6 +16,12 @@ reason), is charged and counted (ledger.rejected), and the coordinator never tra
 Request ids are deterministic (`gen-{iteration}-{seed.id}`, `judge-{iteration}-{example.id}`), and so
 is each request's sampling seed (hash of run seed + id): a retried or resumed request asks for the
 same sample.
+
+Cache (teacher.cache, teacher/cache.py): admitted requests whose reply the cache holds are answered
+from it, the rest are dispatched and their replies stored. A hit is charged to the ledger exactly as
+the paid reply was (same tokens: the run makes the same choices and stops at the same point), with
+`cached` so the ledger also counts the tokens paid and served apart; its record gets `cached: true`.
+Judge requests go the same way (their engine's identity in the key).
 """
 
 from __future__ import annotations
@@ -27,6 +33,7 @@ from activesyn_ray.runtime import init_ray
 from activesyn_ray.tasks.base import Example
 from activesyn_ray.teacher.engines import Completion, TeacherRequest, engine_class, request_seed
 from activesyn_ray.teacher.engines.base import load_tokenizer
+from activesyn_ray.teacher.cache import TeacherCache, cache_enabled, request_key
 from activesyn_ray.teacher.prompts import NEUTRAL_GRADE, Prompts, parse_grade, parse_sample
 
 log = logging.getLogger(__name__)
@@ -60,6 +67,17 @@ def judge_config(cfg):
     return cfg.model_copy(update={"teacher": teacher})
 
 
+class _Lazy:
+    """A backend reached only when called: judge requests all served from the cache never start
+    a separate judge engine."""
+
+    def __init__(self, get):
+        self._get = get
+
+    def run(self, *args, **kwargs):
+        return self._get().run(*args, **kwargs)
+
+
 class TeacherPool:
     def __init__(self, *, cfg, task, ledger):
         init_ray(cfg.resources)
@@ -76,8 +94,18 @@ class TeacherPool:
         self._judge_backend = None
         self.judge_counter = self.counter if self.judge_cfg is cfg else PromptCounter(self.judge_cfg)
         self._stats = {"issued": 0, "not_affordable": 0, "too_long": 0, "duplicates": 0,
-                       "failed_parses": 0, "judge_failed_parses": 0, "rejected": 0}
+                       "failed_parses": 0, "judge_failed_parses": 0, "rejected": 0,
+                       "cache_hits": 0, "cache_misses": 0}
         self._grades: dict[str, float] = {}
+        # the cache: one handle (location, this run's counts) for generation and judging; each
+        # side's engine identity is worked out on its first use (a model fingerprint reads files)
+        self._cache_on = {"generate": cache_enabled(t.cache, self.counter.engine_cls),
+                          "judge": cache_enabled(self.judge_cfg.teacher.cache,
+                                                 self.judge_counter.engine_cls)}
+        run_dir = ledger.journal.parent if getattr(ledger, "journal", None) else None
+        self.cache = TeacherCache.from_config(t.cache, run_dir=run_dir, name=cfg.name) \
+            if any(self._cache_on.values()) else None
+        self._identity: dict[str, dict] = {}
 
     def _make_backend(self, cfg):
         if cfg.teacher.serve.enabled:
@@ -96,7 +124,31 @@ class TeacherPool:
 
     @property
     def stats(self) -> dict:
-        return {**self._stats, **self.backend.stats}
+        out = {**self._stats, **self.backend.stats}
+        if self.cache is not None:
+            out["cache_corrupt"] = self.cache.counts["corrupt"]
+        return out
+
+    def _send(self, kind: str, backend, reqs: list[TeacherRequest], charge
+              ) -> tuple[dict[str, Completion], set[str]]:
+        """Answer admitted requests: from the cache where it holds the reply, else through the
+        backend (whose replies are then stored). `charge(req, comp, cached=...)` once per reply."""
+        if not reqs:
+            return {}, set()
+        if self.cache is None or not self._cache_on[kind]:
+            return backend.run(reqs, on_result=lambda r, c: charge(r, c, cached=False)), set()
+        cfg = self.judge_cfg if kind == "judge" else self.cfg
+        engine_cls = (self.judge_counter if kind == "judge" else self.counter).engine_cls
+        if kind not in self._identity:
+            self._identity[kind] = engine_cls.cache_identity(cfg)
+        keys = {r.id: request_key(self._identity[kind], r, top_p=cfg.teacher.top_p,
+                                  engine_cls=engine_cls) for r in reqs}
+        done, hits = self.cache.serve(reqs, keys, backend.run, charge,
+                                      about={"engine": engine_cls.name,
+                                             "model": engine_cls.label(cfg), "kind": kind})
+        self._stats["cache_hits"] += len(hits)
+        self._stats["cache_misses"] += len(reqs) - len(hits)
+        return done, hits
 
     # ---------------------------------------------------------------------------------- requests
     def _request(self, rid: str, kind: str, prompt: str, *, example: Example, max_new: int,
@@ -181,7 +233,7 @@ class TeacherPool:
         samples: dict[str, Example | None] = {}
         rejected: dict[str, str | None] = {}
 
-        def charge(req: TeacherRequest, comp: Completion) -> None:
+        def charge(req: TeacherRequest, comp: Completion, *, cached: bool) -> None:
             samples[req.id] = ex = self._sample(req, comp, iteration)
             rejected[req.id] = why = self._rejection(ex)
             if ex is None:
@@ -189,9 +241,9 @@ class TeacherPool:
             self._stats["rejected"] += why is not None
             self.ledger.charge(req.id, prompt_tokens=comp.prompt_tokens,
                                completion_tokens=comp.completion_tokens, samples=1,
-                               parsed=ex is not None, rejected=why is not None)
+                               parsed=ex is not None, rejected=why is not None, cached=cached)
 
-        done = self.backend.run(reqs, on_result=charge) if reqs else {}
+        done, hits = self._send("generate", self.backend, reqs, charge)
         records = []
         for req in reqs:
             if (comp := done.get(req.id)) is None:
@@ -204,6 +256,8 @@ class TeacherPool:
                    "example": ex.to_dict() if ex is not None else None}
             if ex is None:
                 rec["raw"] = comp.text[:RAW_KEEP_CHARS]
+            if req.id in hits:
+                rec["cached"] = True  # served from teacher.cache: charged, not paid
             records.append(rec)
         return records
 
@@ -225,17 +279,18 @@ class TeacherPool:
                 reqs.append(r)
         reqs = self._admit(reqs, samples_each=0)
 
-        def charge(req: TeacherRequest, comp: Completion) -> None:
+        def charge(req: TeacherRequest, comp: Completion, *, cached: bool) -> None:
             grade = parse_grade(comp.text)
             if grade is None:
                 self._stats["judge_failed_parses"] += 1
             self._grades[req.id] = NEUTRAL_GRADE if grade is None else grade
             self.ledger.charge(req.id, prompt_tokens=comp.prompt_tokens,
                                completion_tokens=comp.completion_tokens, judge=True,
-                               parsed=grade is not None)
+                               parsed=grade is not None, cached=cached)
 
         if reqs:
-            self.judge_backend.run(reqs, on_result=charge)
+            # a separate judge backend starts only when some request actually goes to it
+            self._send("judge", _Lazy(lambda: self.judge_backend), reqs, charge)
         return [self._grades.get(f"judge-{iteration}-{ex.id}", math.nan) for ex, _ in items]
 
     def shutdown(self) -> None:

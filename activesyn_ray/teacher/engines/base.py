@@ -125,6 +125,31 @@ class Engine:
         """The teacher model as records and reports name it."""
         return cfg.teacher.model
 
+    # -- the response cache (teacher/cache.py) asks these; nothing here is ever sent or logged
+    cache_by_default: bool = True
+    """teacher.cache.enabled: auto caches this engine's replies (procedural: no, it costs nothing)."""
+    cache_reads_example: bool = False
+    """The reply depends on the request's structured example, not only on its prompt (procedural)."""
+    libraries: tuple[str, ...] = ()
+    """Distributions whose version is part of the cache key (a new version may sample differently)."""
+
+    @classmethod
+    def cache_identity(cls, cfg) -> dict:
+        """What, besides the prompt and sampling parameters, decides this engine's reply: the model
+        as a fingerprint of its files (teacher/cache.py `model_fingerprint`), where it runs (CPU or
+        GPU: default dtypes differ) and the library versions. Never a key, header or secret."""
+        from activesyn_ray.models import resolve_model
+        from activesyn_ray.teacher.cache import library_versions, model_fingerprint
+
+        return {"engine": cls.name, "weights": model_fingerprint(resolve_model(cfg.teacher.model)),
+                "device": "gpu" if cfg.resources.teacher.num_gpus > 0 else "cpu",
+                "libraries": library_versions(cls.libraries)}
+
+    @classmethod
+    def seed_matters(cls, temperature: float) -> bool:
+        """Whether the request's sampling seed can change the reply (not for greedy decoding)."""
+        return temperature > 0
+
     def generate(self, prompts: list[str], *, max_new_tokens: int | list[int], temperature: float,
                  top_p: float, seed: int | list[int] | None = None) -> list[Completion]:
         raise NotImplementedError

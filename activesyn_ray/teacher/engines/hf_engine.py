@@ -15,6 +15,8 @@ from activesyn_ray.teacher.engines.base import (Completion, Engine, count_text_t
 
 @register("hf")
 class HFEngine(Engine):
+    libraries = ("transformers", "torch")
+
     def __init__(self, *, cfg, task=None, num_cpus: float = 1, rank: int = 0):
         import torch
         from transformers import AutoModelForCausalLM

