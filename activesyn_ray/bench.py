@@ -22,6 +22,10 @@
     llm-teacher  a made LLM teacher (`activesyn make-teacher`) on vLLM beside the procedural
               teacher, same seeds: completion tokens/s and kept (parsed + verified) samples/s
               (not in the default parts: it needs the made teacher; `--parts llm-teacher`)
+    pipeline  wall time per iteration, sync vs loop.pipeline, one run each: (a) a teacher with its
+              own hardware (an OpenAI-compatible server answering each request after a fixed
+              latency), (b) with `--parts pipeline-local`, the made LLM teacher on vLLM on the same
+              cores (benchmarks/pipeline.py; not in the default parts: `--parts pipeline`)
 
 Each part runs as its own process (its own Ray), one after another, so they never compete for the
 cores. On a GPU machine the same command gives absolute numbers (`--num-gpus 1`). Everything it runs
@@ -139,6 +143,14 @@ def run_bench(*, out: Path, teacher_model: str, student_model: str, prompts: int
                   "--out", str(path)], log)
             results["llm_teacher"] = json.loads(path.read_text())
             save()
+    for part, which in (("pipeline", "remote"), ("pipeline-local", "local")):
+        if part in parts:
+            with tempfile.TemporaryDirectory(prefix="bench-") as tmp:
+                path = Path(tmp) / "pipeline.json"
+                _run([*_module("pipeline"), "--parts", which, "--llm-teacher", llm_teacher,
+                      "--out", str(path)], log)
+                results.setdefault("pipeline", []).extend(json.loads(path.read_text())["results"])
+                save()
     if "fusion" in parts:
         with tempfile.TemporaryDirectory(prefix="bench-") as tmp:
             path = Path(tmp) / "fusion.json"
@@ -286,6 +298,12 @@ def summarize(r: dict) -> list[tuple[str, str, str]]:
         rows.append(("loop wall, before / after fused pass", f"x{c['loop_ratio']:.2f}",
                      f"{fu['before']['loop_s']} vs {fu['after']['loop_s']} s; same selection: "
                      f"{c['same_selection']}, same accuracies: {c['same_accuracies']}"))
+    for pl in r.get("pipeline", []):
+        what = f"teacher answers after {pl['latency_s']:g} s" if pl["part"] == "remote" else \
+            "made LLM teacher on vLLM, same cores"
+        rows.append((f"loop s/iteration pipelined / sync ({pl['part']})", f"x{pl['ratio']:.2f}",
+                     f"{pl['pipelined_s_per_iteration']:.1f} vs {pl['sync_s_per_iteration']:.1f} "
+                     f"s; {what}"))
     if lp := r.get("loop"):
         share = lp["overhead_share"]
         rows.append(("loop overhead", "—" if share is None else f"{100 * share:.1f}% of wall time",

@@ -22,9 +22,8 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 import time
-from collections import Counter
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -33,11 +32,13 @@ from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from activesyn_ray import runstore
 from activesyn_ray.budget import LEDGER_JOURNAL, Ledger
-from activesyn_ray.console import iteration_line, started_line
+from activesyn_ray.console import iteration_line
 from activesyn_ray.config import load_config, snapshot_fingerprint
 from activesyn_ray.curve_point import PhaseClock, metrics_row
 from activesyn_ray.decontaminate import Decontaminator, contamination
+from activesyn_ray.loop_metrics import LoopMetrics
 from activesyn_ray.memory_report import MEMORY, memory_report
+from activesyn_ray.pools import start_student, start_teacher
 from activesyn_ray.pool_scores import FUSABLE, PoolScores
 from activesyn_ray.run_progress import RunProgress
 from activesyn_ray.run_setup import load_splits
@@ -45,21 +46,25 @@ from activesyn_ray.run_state import NEXT_STEP, Phase, recover
 from activesyn_ray.runstore import RunStore
 from activesyn_ray.selection import SeedScores, build_strategy
 from activesyn_ray.selection.base import ENTROPY, JUDGE, LOSS, LOSS_GT, REWARD
+from activesyn_ray.selection.choose import choose_seeds, primary_scores, request_seeds
 from activesyn_ray.student.replay import round_training_set
 from activesyn_ray.tasks import Example, build_task, stratum
+from activesyn_ray.timeline import ray_task_events, write_timeline
 from activesyn_ray.tracking import close_trackers, track
 
 
-def _n(count: int, what: str) -> str:
-    return f"{count} {what}{'s' * (count != 1)}"
-
-
 def fault_point(name: str, iteration: int) -> None:
-    """Test hook (tests/test_reliability_loop.py): with ACTIVESYN_FAULT_AT=name:iteration the
-    coordinator announces the point and waits there, so the test SIGKILLs the driver exactly at it."""
-    if os.environ.get("ACTIVESYN_FAULT_AT") == f"{name}:{iteration}":
-        print(f"[activesyn] fault point {name}:{iteration} reached", flush=True)
-        time.sleep(3600)
+    """Test hook (tests/test_reliability_loop.py, tests/test_pipeline.py): with
+    ACTIVESYN_FAULT_AT=name:iteration[:pause_s][,...] the coordinator announces each point and
+    waits there: for pause_s seconds (the test kills an actor meanwhile), or for good (the test
+    SIGKILLs the driver exactly at it)."""
+    for point in filter(None, os.environ.get("ACTIVESYN_FAULT_AT", "").split(",")):
+        parts = point.split(":")
+        if parts[:2] == [name, str(iteration)]:
+            print(f"[activesyn] fault point {name}:{iteration} reached", flush=True)
+            time.sleep(float(parts[2]) if len(parts) > 2 else 3600)
+            print(f"[activesyn] fault point {name}:{iteration} passed", flush=True)
+            return
 
 
 class Coordinator:
@@ -84,6 +89,9 @@ class Coordinator:
         self.student = None
         self.teacher = None
         self.clock = PhaseClock()
+        self._state_lock = threading.RLock()
+        self._t_start = time.time()  # this process's part of timeline.json starts here
+        self.metrics = None  # LoopMetrics (Ray metrics), once the pools run
         self.console = RunProgress()  # what the driver's console shows (progress())
 
     # ------------------------------------------------------------------------------ the loop
@@ -93,7 +101,13 @@ class Coordinator:
         state = recover(self.store, self.ledger)
         if state.get("done"):
             return self.summary()
-        self._start_pools()
+        if self.student is None:
+            self.student = start_student(self.cfg, self.task, self.console.say)
+        if self.teacher is None:
+            self.teacher = start_teacher(self.cfg, self.task, self.ledger, self.student,
+                                         self.console.say)
+        self.metrics = LoopMetrics.attach(f"{self.cfg.name}/{self.store.root.name}", self.clock,
+                                          self.teacher)
         if state["n_metrics"]:  # resumed: scorers start from the base; restore the last student
             last = self.store.read(runstore.METRICS)[-1]
             self.console.say(f"resuming after iteration {last['iteration']} "
@@ -113,6 +127,8 @@ class Coordinator:
         memory = memory_report(self.student, self.teacher)
         runstore.atomic_write_json(self.store.path(MEMORY), memory)
         self._save(state, done=True, phase=Phase.DONE)
+        write_timeline(self.store.root, self.clock.spans, since_s=self._t_start,
+                       ray_events=ray_task_events(self._t_start))
         self._plot()
         if self.cfg.output.plots:  # the same report `activesyn report RUN_DIR` writes, for this run
             from activesyn_ray.report import write_report
@@ -124,7 +140,6 @@ class Coordinator:
         """The loop; returns the final state, or None when it stopped at `stop_after`."""
         while True:
             it, phase = state["iteration"], state["phase"]
-            train = None
             if phase in (Phase.PREPARED, Phase.EVALUATED):
                 if stop_after is not None and it >= stop_after:
                     return None
@@ -140,16 +155,26 @@ class Coordinator:
                     return self._save(state, iteration=it - 1, phase=Phase.EVALUATED)
             if state["phase"] == Phase.SELECTED:
                 state = self.generate(state, it)
-            if state["phase"] == Phase.GENERATED:
-                pending = self._score_synthetic_submit(it)
-                if pending is not None:  # the scorers score the new samples while the ranks train
-                    train = self.train(it, self._synthetic(), settle_first=pending)
-                state = self.score_synthetic(state, it, pending=pending)
-            if state["phase"] == Phase.SCORED:
-                if train is None:
-                    train = self.train(it, self._synthetic())
-                state = self.evaluate(state, it, train, self._synthetic())
-            self._plot()
+            state = self._train_and_evaluate(state, it)
+
+    def _train_and_evaluate(self, state: dict, it: int, more: bool | None = None) -> dict:
+        """Steps 4-5 of round `it`, from its samples on disk (GENERATED or SCORED)."""
+        train = None
+        if state["phase"] == Phase.GENERATED:
+            pending = self._score_synthetic_submit(it)
+            if pending is not None:  # the scorers score the new samples while the ranks train
+                train = self.train(it, self._trained_on(it), settle_first=pending)
+            state = self.score_synthetic(state, it, pending=pending)
+        if state["phase"] == Phase.SCORED:
+            if train is None:
+                train = self.train(it, self._trained_on(it))
+            state = self.evaluate(state, it, train, self._trained_on(it), more=more)
+        self._plot()
+        return state
+
+    def _trained_on(self, iteration: int) -> list[dict]:
+        """The samples of rounds 1..iteration (pipelined: the next round's may be on disk too)."""
+        return [r for r in self._synthetic() if r["iteration"] <= iteration]
 
     def _run_static(self, state: dict) -> dict:
         """One-shot generation from uniform seeds, then one training per budget prefix k, 2k, ..."""
@@ -203,32 +228,39 @@ class Coordinator:
         return not (self.ledger.exhausted()
                     or (self.cfg.iterations and iteration >= self.cfg.iterations))
 
-    def select(self, state: dict, iteration: int, scores: SeedScores) -> dict:
-        """Step 2: k seed indices (static: the whole budget, once, uniformly)."""
-        rng = np.random.default_rng([self.cfg.seed, iteration])
+    def _choose(self, iteration: int, scores: SeedScores, exclude: frozenset[int] = frozenset()
+                ) -> tuple[list[int], list[float | None]]:
+        """As many seeds as the budget still pays for (static: the whole budget at once)."""
         k = self.cfg.selection.k if self.strategy.iterative else \
             (self.cfg.budget.samples or len(self.seeds))
-        k = self.ledger.affordable(k, self._request_cost())
-        if k == 0:
+        return choose_seeds(self.strategy, self.cfg, scores, iteration=iteration,
+                            n_seeds=len(self.seeds), exclude=exclude,
+                            k=self.ledger.affordable(k, self._request_cost()))
+
+    def select(self, state: dict, iteration: int, scores: SeedScores) -> dict:
+        """Step 2: k seed indices (static: the whole budget, once, uniformly)."""
+        picked, seed_scores = self._choose(iteration, scores)
+        if not picked:
             return self._save(state, selected=[], seed_scores=[])
-        if self.strategy.iterative or k <= len(self.seeds):
-            picked = self.strategy.select(scores, k, rng=rng, mode=self.cfg.selection.mode,
-                                          temperature=self.cfg.selection.temperature,
-                                          n=len(self.seeds))
-        else:  # static with a budget larger than the pool: uniform with replacement
-            picked = [int(i) for i in rng.choice(len(self.seeds), size=k, replace=True)]
-        primary = self._primary(scores) if self.strategy.needs else None
-        seed_scores = [None if primary is None else float(primary[i]) for i in picked]
         return self._save(state, phase=Phase.SELECTED, selected=picked, seed_scores=seed_scores)
 
     def generate(self, state: dict, iteration: int) -> dict:
         """Step 3: one teacher sample per selected seed, in chunks; each chunk is decontaminated,
         on disk and charged before the next is issued."""
-        seeds = self._selected_seeds(state)
+        state = self._generate_round(state, iteration, state["selected"], state["seed_scores"])
+        return self._save(state, phase=Phase.GENERATED)
+
+    def _generate_round(self, state: dict, iteration: int, selected: list[int],
+                        seed_scores: list, *, adapter: int | None = None) -> dict:
+        """The teacher's samples for one round's selected seeds. adapter: the round whose
+        student scored the pool for this selection (default: the previous round's, in sync)."""
+        adapter = iteration - 1 if adapter is None else adapter
+        lane = "teacher" if self.cfg.loop.pipeline else None
+        seeds = request_seeds(self.seeds, selected)
         done_ids = {r["request_id"] for r in self._synthetic()}
         todo = [(j, s) for j, s in enumerate(seeds) if f"gen-{iteration}-{s.id}" not in done_ids]
         chunk = max(8, self.cfg.teacher.micro_batch_size * self.cfg.teacher.replicas)
-        with self.clock.phase("generate"):
+        with self.clock.phase("generate", round=iteration, lane=lane):
             for start in range(0, len(todo), chunk):
                 part = todo[start:start + chunk]
                 records = self.teacher.generate([s for _, s in part], iteration=iteration)
@@ -236,10 +268,14 @@ class Coordinator:
                 rows = []
                 for r in records:
                     j = slot[r["request_id"]]
-                    rows.append(dict(r, seed_score=state["seed_scores"][j],
-                                     seed_index=state["selected"][j], stratum=stratum(seeds[j]),
-                                     contaminated=contamination(self.held_out, r)))
+                    rows.append(dict(r, seed_score=seed_scores[j], seed_index=selected[j],
+                                     stratum=stratum(seeds[j]),
+                                     contaminated=contamination(self.held_out, r),
+                                     selection_adapter=adapter, staleness=iteration - 1 - adapter))
                 self.store.append(runstore.SYNTHETIC, rows)
+                if self.metrics is not None:
+                    self.metrics.on_tokens(sum(r["prompt_tokens"] + r["completion_tokens"]
+                                               for r in rows))
                 fault_point("generate", iteration)  # samples on disk, not yet counted in state
                 state = self._save(state, n_synthetic=state["n_synthetic"] + len(rows))
                 if len(records) < len(part):  # the budget stopped the dispatcher
@@ -249,7 +285,7 @@ class Coordinator:
             print(f"[activesyn] warning: iteration {iteration}: none of the teacher's {len(mine)} "
                   f"replies parsed as a sample; this round adds no training data (check the "
                   f"teacher model and prompt; raw replies are in synthetic.jsonl)", flush=True)
-        return self._save(state, phase=Phase.GENERATED)
+        return state
 
     def _synthetic_to_score(self, iteration: int) -> list[dict]:
         if not self.strategy.needs & {LOSS, LOSS_GT, ENTROPY, REWARD}:
@@ -281,7 +317,7 @@ class Coordinator:
                 else:
                     scores = self._score_examples(
                         [Example.from_dict(r["example"]) for r in recs], iteration)
-                primary = self._primary(scores)
+                primary = primary_scores(self.strategy, scores)
                 if primary is not None:
                     rows = [{"iteration": iteration, "request_id": r["request_id"],
                              "seed_score": r["seed_score"], "sample_score": float(s),
@@ -320,12 +356,14 @@ class Coordinator:
         return dict(metrics, train_size=len(data), train_replayed=replayed)
 
     def evaluate(self, state: dict, iteration: int, train: dict, records: list[dict], *,
-                 static_prefix: bool = False, **changes) -> dict:
+                 static_prefix: bool = False, more: bool | None = None, **changes) -> dict:
         """Step 5: greedy accuracy on the test (and validation) split -> one curve point.
-        `changes` are saved to state.json in the same write as the new metrics count."""
+        more: whether a round follows (default: the ledger says so). `changes` are saved to
+        state.json in the same write as the new metrics count."""
         self.console.doing = "evaluating"
         pool_rows = []
-        if not static_prefix and self._fusable() and self._continues(iteration):
+        more = self._continues(iteration) if more is None else more
+        if not static_prefix and self._fusable() and more:
             # the next score step needs the pool under THIS adapter: one scorer pass for both
             with self.clock.phase("eval+score"):
                 ev, cols = self.student.evaluate_and_score(self.test + self.val, self.seeds,
@@ -339,14 +377,17 @@ class Coordinator:
             new = records[len(state.get("evaluated_prefixes", [])) * self.cfg.selection.k:]
         else:
             new = [r for r in records if r["iteration"] == iteration]
+        by_records = static_prefix or self.cfg.loop.pipeline
         row = metrics_row(
             iteration=iteration, strategy=self.cfg.selection.strategy, seed=self.cfg.seed,
             test=self.test, val=self.val, correct=ev["correct"],
-            samples=len(records) if static_prefix else self.ledger.samples,
+            # pipelined: the ledger also holds the next round's samples; count this round's
+            samples=len(records) if by_records else self.ledger.samples,
             teacher_tokens=sum(r["prompt_tokens"] + r["completion_tokens"] for r in records)
-            if static_prefix else self.ledger.tokens,
+            if by_records else self.ledger.tokens,
             judge_tokens=self.ledger.judge_tokens, records=records, new=new, train=train,
             clock=self.clock)
+        row.update(self.ledger.cache_fields(records if by_records else None))  # paid vs cached
         self.clock.start_iteration()
         if pool_rows:  # counted in the same state write as the metrics row
             self.store.append(runstore.SCORES, pool_rows)
@@ -354,6 +395,7 @@ class Coordinator:
         track(self.cfg, self.store.root, row)  # TensorBoard / W&B / MLflow (output.trackers)
         self.console.accuracy = row["accuracy"]
         self.console.say(iteration_line(row, self.cfg.budget.samples))
+        write_timeline(self.store.root, self.clock.spans, since_s=self._t_start)
         return self._save(state, **{"phase": Phase.EVALUATED, "n_metrics": state["n_metrics"] + 1,
                                     "n_scores": state["n_scores"] + len(pool_rows), **changes})
 
@@ -365,29 +407,6 @@ class Coordinator:
         return self.evaluate(dict(state, phase=Phase.PREPARED), 0, {}, [])
 
     # ------------------------------------------------------------------------------ helpers
-    def _start_pools(self) -> None:
-        from activesyn_ray.student.pool import StudentPool
-        from activesyn_ray.student.scoring import resolve_inference
-        from activesyn_ray.teacher.pool import TeacherPool
-
-        s, res = self.cfg.student, self.cfg.resources
-        if self.student is None:
-            t0 = time.perf_counter()
-            lora = f" + LoRA r {s.lora.r}" if s.lora else ", all weights"
-            self.console.say(f"loading the student ({s.model}{lora}): "
-                      f"{_n(res.trainer.num_workers, 'trainer rank')} (DeepSpeed ZeRO-{s.zero_stage}), "
-                      f"{_n(res.scorers.num_workers, 'scorer shard')} ({resolve_inference(s)})")
-            self.student = StudentPool(cfg=self.cfg, task=self.task)
-            self.console.say(started_line("trainer", t0))
-        if self.teacher is None:
-            t0 = time.perf_counter()
-            self.console.say(f"starting {_n(self.cfg.teacher.replicas, 'teacher replica')} "
-                      f"({self.cfg.teacher.engine}, {self.cfg.teacher.model}) while the scorer "
-                      f"shards start their {resolve_inference(s)} engines")
-            self.teacher = TeacherPool(cfg=self.cfg, task=self.task, ledger=self.ledger)
-            self.student.scorers.gather("paths")  # the scorers' engines started with them
-            self.console.say(started_line("teacher and scorers", t0))
-
     def _student_needs(self) -> set[str]:
         """The strategy's needs the scorer shards compute (reward_model `verifier` is resolved by
         StudentPool); a judge grades the student's answer text."""
@@ -402,29 +421,17 @@ class Coordinator:
             cols[JUDGE] = np.asarray(self.teacher.judge(pairs, iteration=iteration), dtype=float)
         return SeedScores({k: np.asarray(v) for k, v in cols.items() if k != "answer_text"})
 
-    def _primary(self, scores: SeedScores) -> np.ndarray | None:
-        """The scalar a strategy ranks by (for the seed-vs-synthetic rank correlation)."""
-        try:
-            return np.asarray(self.strategy.priority(scores), dtype=float)
-        except (AssertionError, KeyError, NotImplementedError):
-            return None
-
     def _request_cost(self) -> int:
         """Worst-case teacher tokens of one generate request, to size k before scoring; the teacher
         pool re-checks each request exactly before it is issued."""
         return self.cfg.teacher.max_new_tokens + 256
 
-    def _selected_seeds(self, state: dict) -> list[Example]:
-        """The selected seeds; a seed drawn again (static, budget > pool) gets an `#n` id suffix so
-        every request id stays unique."""
-        out, seen = [], Counter()
-        for i in state["selected"]:
-            ex, seen[i] = self.seeds[i], seen[i] + 1
-            out.append(ex if seen[i] == 1 else replace(ex, id=f"{ex.id}#{seen[i]}"))
-        return out
-
     # ------------------------------------------------------------------------------ state & logs
     def _save(self, state: dict, **changes) -> dict:
+        with self._state_lock:  # the teacher lane saves too (loop.pipeline)
+            return self._save_locked(state, **changes)
+
+    def _save_locked(self, state: dict, **changes) -> dict:
         state.update(changes)
         state["phase"] = Phase(state["phase"]).value
         self.console.doing = NEXT_STEP.get(state["phase"], self.console.doing)
@@ -483,7 +490,10 @@ def run_loop(run_dir: str | Path | RunStore) -> dict:
         # needed; adapters come back from the trainer as bytes).
         here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
         # threads: run, the console's progress polls, shutdown
-        actor = ray.remote(Coordinator).options(num_cpus=cfg.resources.coordinator_num_cpus,
+        from activesyn_ray.pipelined import PipelinedCoordinator
+
+        cls = PipelinedCoordinator if cfg.loop.pipeline else Coordinator
+        actor = ray.remote(cls).options(num_cpus=cfg.resources.coordinator_num_cpus,
                                                 scheduling_strategy=here, max_concurrency=3
                                                 ).remote(run_dir=str(store.root.resolve()))
         try:

@@ -50,6 +50,9 @@ COLUMNS = {
     "teacher_model": pa.string(),
     "prompt_tokens": pa.int64(),
     "completion_tokens": pa.int64(),
+    "cached": pa.bool_(),           # the reply came from the teacher cache (teacher.cache)
+    "staleness": pa.int64(),        # adapters between the scores its seed was chosen by and the
+                                    # newest (loop.pipeline: 1 from round 2 on; sync: 0)
 }
 SCHEMA = pa.schema(list(COLUMNS.items()))
 
@@ -89,6 +92,8 @@ def synthetic_rows(run_dir: str | Path) -> list[dict]:
             "teacher_model": rec.get("model"),
             "prompt_tokens": rec.get("prompt_tokens"),
             "completion_tokens": rec.get("completion_tokens"),
+            "cached": bool(rec.get("cached")),
+            "staleness": rec.get("staleness", 0),
         })
     return rows
 

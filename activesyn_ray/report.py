@@ -75,6 +75,7 @@ def load_run(run_dir: Path) -> dict:
     cfg = yaml.safe_load(store.path(runstore.CONFIG).read_text())
     metrics = store.read(runstore.METRICS)
     scores = [r for r in store.read(runstore.SCORES) if r.get("kind") == "synthetic"]
+    synthetic = store.read(runstore.SYNTHETIC)
     task = cfg["task"].get("name") if cfg["task"].get("kind", "gym") == "gym" else cfg["task"]["kind"]
     teacher = cfg.get("teacher") or {}
     if teacher.get("engine", "procedural") != "procedural":  # an LLM teacher is its own group
@@ -85,7 +86,8 @@ def load_run(run_dir: Path) -> dict:
     return {"dir": str(run_dir), "name": cfg.get("name"), "task": task, "stratum_name": stratum_name,
             "strategy": cfg["selection"]["strategy"], "seed": cfg.get("seed", 0),
             "metrics": metrics, "synthetic_scores": scores,
-            "teacher_counts": teacher_counts(store.read(runstore.SYNTHETIC))}
+            "teacher_counts": teacher_counts(synthetic),
+            "staleness": [r.get("staleness", 0) for r in synthetic]}  # loop.pipeline
 
 
 TEACHER_COUNTS = ("replies", "parsed", "rejected", "contaminated", "kept")
@@ -605,6 +607,12 @@ def _fmt_ci(s: dict | None, d=3, unit="", notes=()) -> str:
 BOUND_MARK = {"lower": "> ", "upper": "≤ ", "mixed": "", None: ""}  # what a bounded value is
 
 
+def _stale_share(runs: list[dict]) -> float | None:
+    """Share of the runs' samples selected from scores one or more adapters old (pipelined)."""
+    stale = [st > 0 for run in runs for st in run.get("staleness", [])]
+    return float(np.mean(stale)) if stale else None
+
+
 def fmt_efficiency(e: dict | None, explain: bool = False) -> str:
     """mean [interval] (n; bounds), marked > / ≤ when the mean is a bound; `explain` says so in
     words too (the per-seed table, where a reader checks the headline number)."""
@@ -688,6 +696,11 @@ def write_report(run_dirs: list[str | Path], out: str | Path,
                    "teacher_tokens": max((r["metrics"][-1]["teacher_tokens"] for r in done),
                                          default=None),
                    "contaminated_mean": float(np.mean(contaminated)) if contaminated else None,
+                   # teacher.cache: tokens paid vs served from the cache, summed over the runs
+                   **{f"teacher_tokens_{k}_sum": sum(r["metrics"][-1].get(f"teacher_tokens_{k}", 0)
+                                                     for r in done) for k in ("paid", "cached")},
+                   # loop.pipeline: the share of samples chosen from scores an adapter old
+                   "stale_share": _stale_share(done),
                    "auc_range": list(rng) if rng else None,
                    "auc": bootstrap_mean([auc(r, *rng) for r in done]) if rng else None,
                    "spearman_dataset": dataset_spearman(rs),
@@ -718,6 +731,17 @@ def write_report(run_dirs: list[str | Path], out: str | Path,
                     fmt_efficiency(r.get("efficiency_vs_static")), _fmt(r["contaminated_mean"], 1)]
                    for r in rows])
     md = ["# activesyn report", "", __doc__.split("\n\n", 1)[1].strip(), "", *main]
+    if any(r["teacher_tokens_cached_sum"] for r in rows):  # a run served from the teacher cache
+        md += ["", "Teacher tokens, all runs together: paid vs served from the cache (the budget "
+               "counts both).", "", *_table(
+                   ["task", "strategy", "paid", "from the cache"],
+                   [[r["task"], r["strategy"], r["teacher_tokens_paid_sum"],
+                     r["teacher_tokens_cached_sum"]] for r in rows])]
+    if any(r["stale_share"] for r in rows):  # pipelined runs
+        md += ["", "Pipelined selection (loop.pipeline): share of samples whose seeds were chosen "
+               "from scores an adapter old: " + ", ".join(
+                   f"{r['task']}/{r['strategy']} {r['stale_share']:.2f}" for r in rows
+                   if r["stale_share"] is not None) + "."]
     per_seed = efficiency_table(rows, baselines)
     if per_seed:
         md += ["", "## Efficiency per seed", "",

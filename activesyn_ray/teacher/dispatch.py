@@ -77,6 +77,8 @@ class Dispatcher:
         self.max_retries = t.max_retries
         self.micro_batch = t.micro_batch_size
         self.timeout_s = t.request_timeout_s
+        # hears (queued, in_flight) request counts as they change (the loop's Ray metrics)
+        self.on_load: Callable[[int, int], None] | None = None
         self.stats = {"replica_deaths": 0, "replica_hangs": 0, "engine_errors": 0, "restarts": 0,
                       "retried_requests": 0, "failed_requests": 0, "calls": 0}
 
@@ -144,6 +146,11 @@ class Dispatcher:
             progress.pop(key, None)
             self._lost(key, generation, err)
 
+        def report_load() -> None:
+            if self.on_load is not None:
+                self.on_load(len(pending) + sum(map(len, queue)),
+                             sum(len(c.batch) for c in inflight.values()))
+
         while queue or pending or inflight:
             while (queue or pending) and (key := self._pick()) is not None:
                 batch = next_batch()
@@ -152,6 +159,7 @@ class Dispatcher:
                     progress[key] = time.monotonic()
                 inflight[ref] = _Call(key, gen, batch)
                 self.stats["calls"] += 1
+            report_load()
             background = self._background()
             if not inflight and not background:
                 self._check_alive()
@@ -208,6 +216,7 @@ class Dispatcher:
                 done[req.id] = comp
                 if on_result is not None:
                     on_result(req, comp)
+        report_load()
         if requests and not done:
             raise TeacherError(f"no teacher request succeeded ({len(requests)} requests, each "
                                f"tried up to {1 + self.max_retries} times); last error: "
