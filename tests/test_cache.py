@@ -453,7 +453,7 @@ def test_openai_engine_cache_holds_no_key(ray_session, tmp_path, monkeypatch):
     (the server sees nothing); no byte of the cache holds the key or a header."""
     from conftest import TEACHER_KEY as KEY
     from conftest import TEACHER_KEY_ENV as KEY_ENV
-    from loopback_openai import LoopbackOpenAI
+    from activesyn_ray.teacher.loopback import LoopbackOpenAI
 
     from activesyn_ray.tasks import build_task
     from activesyn_ray.teacher import TeacherPool

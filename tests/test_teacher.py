@@ -17,7 +17,7 @@ import pytest
 
 from conftest import TEACHER_KEY as KEY  # in the driver's environment before the shared Ray
 from conftest import TEACHER_KEY_ENV as KEY_ENV
-from loopback_openai import LoopbackOpenAI
+from activesyn_ray.teacher.loopback import LoopbackOpenAI
 
 from activesyn_ray.budget import Ledger
 from activesyn_ray.config import RunConfig, config_from_dict

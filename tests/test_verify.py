@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from loopback_openai import LoopbackOpenAI
+from activesyn_ray.teacher.loopback import LoopbackOpenAI
 
 from activesyn_ray import runstore
 from activesyn_ray.config import ConfigError, TaskConfig, load_config

@@ -23,7 +23,6 @@ accuracy is not compared here (docs/results.md does that with paired seeds).
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import random
 import statistics
@@ -32,12 +31,12 @@ import sys
 import tempfile
 import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 from activesyn_ray import runstore
 from activesyn_ray.benchmarks import write_result
 from activesyn_ray.benchmarks.loop_timing import iteration_seconds
+from activesyn_ray.teacher.loopback import LoopbackOpenAI
 
 STUDENT = ["task.seed_size=48", "task.test_size=12", "selection.strategy=loss", "selection.k=8",
            "student.epochs=1", "student.model=tiny", "student.lora={r: 8, alpha: 16}",
@@ -45,39 +44,22 @@ STUDENT = ["task.seed_size=48", "task.test_size=12", "selection.strategy=loss", 
            "resources.scorers.num_workers=1", "resources.local_num_cpus=4", "output.plots=false"]
 
 
-class LatencyTeacher:
+class LatencyTeacher(LoopbackOpenAI):
     """/v1/completions after `latency_s`, one thread per request: a teacher whose time is its own."""
 
     def __init__(self, latency_s: float):
         rng, lock = random.Random(0), threading.Lock()
 
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *a):
-                pass
+        def respond(path, headers, body):
+            time.sleep(latency_s)
+            with lock:
+                a, b = rng.randint(1000, 9999), rng.randint(1000, 9999)
+            return 200, {"choices": [{"index": 0, "text": f"Question: Calculate {a} + {b}.\n"
+                                      f"Answer: #### {a + b}", "finish_reason": "stop"}],
+                         "usage": {"prompt_tokens": len(body.get("prompt", "")) // 4,
+                                   "completion_tokens": 12}}
 
-            def do_POST(self):
-                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                time.sleep(latency_s)
-                with lock:
-                    a, b = rng.randint(1000, 9999), rng.randint(1000, 9999)
-                text = f"Question: Calculate {a} + {b}.\nAnswer: #### {a + b}"
-                data = json.dumps({
-                    "choices": [{"index": 0, "text": text, "finish_reason": "stop"}],
-                    "usage": {"prompt_tokens": len(body.get("prompt", "")) // 4,
-                              "completion_tokens": 12}}).encode()
-                self.send_response(200)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
-        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
-
-    def close(self) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
+        super().__init__(respond)
 
 
 def default_job() -> Path:

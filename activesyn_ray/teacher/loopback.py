@@ -1,6 +1,7 @@
-"""A loopback OpenAI-compatible endpoint for tests: a ThreadingHTTPServer on 127.0.0.1 (port 0)
-whose POST answers come from `respond(path, headers, body) -> (status, json_obj)`. The tests that
-need a server's behaviour (keys, planted answers, an in-process engine) write only `respond`."""
+"""A loopback OpenAI-compatible endpoint: a ThreadingHTTPServer on 127.0.0.1 (port 0) whose POST
+answers come from `respond(path, headers, body) -> (status, json_obj)`, one thread per request.
+Tests (keys, planted answers, an in-process engine) and benchmarks (a teacher with a fixed
+latency, benchmarks/pipeline.py) write only `respond`."""
 
 import json
 import threading
