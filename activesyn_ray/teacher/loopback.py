@@ -24,7 +24,10 @@ class LoopbackOpenAI:
                 self.end_headers()
                 self.wfile.write(data)
 
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        # a listen backlog of 128 (the stdlib's is 5): a batch of concurrent requests must not
+        # wait on TCP's 1 s SYN retry, as no real OpenAI-compatible server makes it
+        server = type("Server", (ThreadingHTTPServer,), {"request_queue_size": 128})
+        self.httpd = server(("127.0.0.1", 0), Handler)
         self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
         threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
 
