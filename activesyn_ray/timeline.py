@@ -44,7 +44,10 @@ def ray_task_events(since_s: float) -> list[dict]:
         log.warning("ray.timeline() unavailable (%s); timeline.json holds the loop's phases only",
                     err)
         return []
-    return [e for e in events if e.get("ph") == "X" and e.get("ts", 0) >= since_s * 1e6]
+    # one span per method call; Ray's sub-spans of each call (task:deserialize_arguments,
+    # task:execute, task:store_outputs) would triple the file and say little more
+    return [e for e in events if e.get("ph") == "X" and e.get("ts", 0) >= since_s * 1e6
+            and not str(e.get("name", "")).startswith("task:")]
 
 
 def write_timeline(run_dir: Path, spans: list[dict], *, since_s: float,
