@@ -30,10 +30,7 @@ def main() -> None:
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
 
-    from transformers import AutoTokenizer
-
     from activesyn_ray.config import load_config
-    from activesyn_ray.models import resolve_model
     from activesyn_ray.run_setup import load_splits
     from activesyn_ray.runstore import CONFIG, RunStore
     from activesyn_ray.student.pool import lora_state

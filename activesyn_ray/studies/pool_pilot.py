@@ -24,7 +24,6 @@ val_accuracy_by_stratum, one stratum per level; val.jsonl for the questions per 
 from __future__ import annotations
 
 import argparse
-import json
 import math
 from pathlib import Path
 
