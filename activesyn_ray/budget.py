@@ -56,6 +56,16 @@ class Ledger:
     # loop.pipeline: the teacher lane charges while the main lane saves state (to_dict)
     _lock: threading.RLock = field(default_factory=threading.RLock, repr=False, compare=False)
 
+    def __getstate__(self) -> dict:
+        # a lock does not pickle (Ray ships ledgers, tests pickle them): drop it, make a new one
+        state = dict(self.__dict__)
+        state.pop("_lock", None)
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self._lock = threading.RLock()
+
     @property
     def tokens(self) -> int:
         return self.prompt_tokens + self.completion_tokens

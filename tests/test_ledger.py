@@ -93,3 +93,17 @@ def test_coordinator_recover_uses_the_journal(tmp_path):
     recover(c2.store, c2.ledger)
     assert c2.ledger.charged_ids == c.ledger.charged_ids and c2.ledger.samples == 3
     assert state["n_synthetic"] == 3
+
+
+def test_ledger_pickles_and_its_copy_still_charges_under_its_own_lock():
+    # Ray ships ledgers by pickle; the pipelined loop's lock must not stop that (CI failed on it)
+    import pickle
+
+    led = Ledger(max_samples=10)
+    led.charge("a", prompt_tokens=3, completion_tokens=2, samples=1)
+    copy = pickle.loads(pickle.dumps(led))
+    assert copy.to_dict() == led.to_dict()
+    assert copy._lock is not led._lock
+    assert copy.charge("b", prompt_tokens=1, completion_tokens=1, samples=1)
+    assert not copy.charge("a", prompt_tokens=3, completion_tokens=2, samples=1)  # still a duplicate
+    assert (copy.samples, led.samples) == (2, 1)
