@@ -11,11 +11,19 @@ from __future__ import annotations
 import functools
 import json
 
-import reasoning_gym
-
 from activesyn_ray.tasks import expression
 from activesyn_ray.tasks.base import (ANSWER_MARK, Example, Task, normalize_number,
                                        split_disjoint)
+
+
+@functools.cache
+def _reasoning_gym():
+    """reasoning_gym, imported on first use: it imports all its datasets (sympy, matplotlib),
+    ~3 s of CPU that the trainer and scorer processes, which only need Example, never pay."""
+    import reasoning_gym
+
+    return reasoning_gym
+
 
 _TEST_SEED_OFFSET = 1_000_003  # test instances come from a different generator seed than seeds
 SEED_LIKE_DATASETS = frozenset({"basic_arithmetic", "chain_sum"})
@@ -26,7 +34,7 @@ MAX_REDRAWS = 64  # procedural teacher: attempts to avoid a held-out question be
 @functools.lru_cache(maxsize=256)
 def _scorer(dataset: str, level_json: str):
     # score_answer is an instance method; a size-1 dataset of the same config is enough to call it.
-    return reasoning_gym.create_dataset(dataset, size=1, seed=0, **json.loads(level_json))
+    return _reasoning_gym().create_dataset(dataset, size=1, seed=0, **json.loads(level_json))
 
 
 def _to_example(entry: dict, *, dataset: str, level: int, level_cfg: dict, uid: str) -> Example:
@@ -53,7 +61,7 @@ class GymTask(Task):
         self.datasets = [n.strip() for n in cfg.name.split("+") if n.strip()]
         self.name = "+".join(self.datasets)
         for n in self.datasets:
-            if n not in reasoning_gym.factory.DATASETS:
+            if n not in _reasoning_gym().factory.DATASETS:
                 raise ValueError(f"task.name: unknown reasoning-gym dataset {n!r}")
         self.levels = [dict(lv) for lv in cfg.levels] or [{}]
         for i, lv in enumerate(self.levels):
@@ -74,7 +82,7 @@ class GymTask(Task):
         for g, (dataset, level, lv) in enumerate(groups):
             size = per + 16
             while True:  # grow the draw only while the generator still yields new questions
-                ds = reasoning_gym.create_dataset(dataset, size=size, seed=seed + 7919 * g, **lv)
+                ds = _reasoning_gym().create_dataset(dataset, size=size, seed=seed + 7919 * g, **lv)
                 group_seen, keep = set(seen), []
                 for j in range(len(ds)):
                     if len(keep) == per:
@@ -159,7 +167,7 @@ class GymTask(Task):
             if follow_seed:
                 new = self._like_seed(example, seed=s)
             else:
-                ds = reasoning_gym.create_dataset(m["dataset"], size=1, seed=s, **m["level_cfg"])
+                ds = _reasoning_gym().create_dataset(m["dataset"], size=1, seed=s, **m["level_cfg"])
                 new = _to_example(ds[0], dataset=m["dataset"], level=m["level"],
                                   level_cfg=m["level_cfg"], uid=f"gen-{m['dataset']}-L{m['level']}-{s}")
             if self.held_out is None or not self.held_out.is_held_out(new.question):
@@ -192,7 +200,7 @@ class GymTask(Task):
         for i, lv in enumerate(self.levels):
             distinct = 0
             for n in self.datasets:
-                ds = reasoning_gym.create_dataset(n, size=draws, seed=self.seed + 31 * i, **lv)
+                ds = _reasoning_gym().create_dataset(n, size=draws, seed=self.seed + 31 * i, **lv)
                 distinct += len({ds[j]["question"] for j in range(len(ds))})
             out.append(distinct)
         return out
