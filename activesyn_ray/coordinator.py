@@ -38,7 +38,7 @@ from activesyn_ray.curve_point import PhaseClock, metrics_row
 from activesyn_ray.decontaminate import Decontaminator, contamination
 from activesyn_ray.loop_metrics import LoopMetrics
 from activesyn_ray.memory_report import MEMORY, memory_report
-from activesyn_ray.pools import start_student, start_teacher
+from activesyn_ray.pools import start_pools
 from activesyn_ray.pool_scores import FUSABLE, PoolScores
 from activesyn_ray.run_progress import RunProgress
 from activesyn_ray.run_setup import load_splits
@@ -102,10 +102,8 @@ class Coordinator:
         if state.get("done"):
             return self.summary()
         if self.student is None:
-            self.student = start_student(self.cfg, self.task, self.console.say)
-        if self.teacher is None:
-            self.teacher = start_teacher(self.cfg, self.task, self.ledger, self.student,
-                                         self.console.say)
+            self.student, self.teacher = start_pools(self.cfg, self.task, self.ledger,
+                                                     self.console.say)
         self.metrics = LoopMetrics.attach(f"{self.cfg.name}/{self.store.root.name}", self.clock,
                                           self.teacher)
         if state["n_metrics"]:  # resumed: scorers start from the base; restore the last student

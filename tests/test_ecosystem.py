@@ -237,7 +237,7 @@ CHATTER = ("Loading weights", "Writing model shards", "real_accelerator", "Token
 OUR_LINES = re.compile(r"^(run directory: |library output |starting Ray |Ray ready |the run reserves |"
                        r"\[activesyn\] student precision: |"
                        r"the local Ray timed out during startup |"
-                       r"loading the student |trainer ready |starting \d+ teacher |teacher and scorers ready |"
+                       r"loading the student |starting \d+ teacher |teacher ready |trainer and scorers ready |"
                        r"evaluating the starting student |iteration \d+( \(the starting student\))?: "
                        r"samples |final accuracy: |  by level: |report: |plot: |next: )")
 SMALL = ["budget.samples=8", "selection.k=4", "task.seed_size=8", "task.test_size=4",
@@ -297,8 +297,9 @@ def test_console_in_a_terminal_says_what_it_does_and_nothing_else(tmp_path):
     code, out = _run_in_a_terminal(_tiny_cli(run_dir, SMALL), env, timeout=900)
     assert code == 0, out[-3000:]
     for phase in ("starting Ray (local, 2 CPUs)", "Ray ready", "loading the student (tiny:h=128,l=2",
-                  "1 trainer rank (DeepSpeed ZeRO-2), 2 scorer shards (hf)", "trainer ready",
-                  "starting 1 teacher replica (procedural", "teacher and scorers ready",
+                  "1 trainer rank (DeepSpeed ZeRO-2), 2 scorer shards (hf)",
+                  "starting 1 teacher replica (procedural", "teacher ready",
+                  "trainer and scorers ready",
                   "evaluating the starting student on 4 test questions"):
         assert phase in out, (phase, out[-3000:])
     assert "synthetic samples 4/8 |" in out  # the bar, redrawn in place

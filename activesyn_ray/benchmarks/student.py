@@ -28,7 +28,8 @@ def parse_args():
     p.add_argument("--score-examples", type=int, default=16)
     p.add_argument("--eval-examples", type=int, default=16, help="test questions for evaluation")
     p.add_argument("--inference", default="hf,vllm",
-                   help="scorer paths compared on the same adapter (vllm needs vLLM installed)")
+                   help="scorer paths compared on the same adapter (vllm needs vLLM installed); "
+                        "vllm_bf16: vLLM with bfloat16 weights, compared with vllm (fp32 on a CPU)")
     p.add_argument("--epochs", type=int, default=1)
     p.add_argument("--micro", type=int, default=4, help="global micro batch (split over ranks)")
     p.add_argument("--max-seq-len", type=int, default=128)
@@ -40,6 +41,28 @@ def parse_args():
     p.add_argument("--num-gpus", type=float, default=0, help="GPUs per actor")
     p.add_argument("--out", default=None, help="write the results as JSON here")
     return p.parse_args()
+
+
+def precision_agreement(fp32: tuple, bf16: tuple, fp32_result: dict, bf16_result: dict) -> dict:
+    """What bf16 weights change in a scorer: speed, and how often it says the same thing (the
+    same greedy answer, the same ranking by loss) as fp32 on the same adapter and items."""
+    from scipy.stats import pearsonr, spearmanr
+
+    (rows32, comp32), (rows16, comp16) = fp32, bf16
+    loss32 = [r["loss"] for r in rows32]
+    loss16 = [r["loss"] for r in rows16]
+    return {
+        "examples": len(rows32), "eval_examples": len(comp32),
+        "same_answer_share": sum(p["answer_text"] == q["answer_text"]
+                                 for p, q in zip(rows32, rows16)) / max(1, len(rows32)),
+        "same_completion_share": sum(p == q for p, q in zip(comp32, comp16)) / max(1, len(comp32)),
+        "loss_pearson": float(pearsonr(loss32, loss16)[0]),
+        "loss_spearman": float(spearmanr(loss32, loss16)[0]),
+        "max_abs_loss_diff": max(abs(p - q) for p, q in zip(loss32, loss16)),
+        "mean_abs_loss_diff": sum(abs(p - q) for p, q in zip(loss32, loss16)) / max(1, len(loss32)),
+        "score_ratio": bf16_result["examples_per_s"] / fp32_result["examples_per_s"],
+        "eval_ratio": bf16_result["eval_examples_per_s"] / fp32_result["eval_examples_per_s"],
+        "accuracy_fp32": fp32_result["accuracy"], "accuracy_bf16": bf16_result["accuracy"]}
 
 
 def main() -> None:
@@ -77,7 +100,7 @@ def main() -> None:
     paths = [p for p in a.inference.split(",") if p]
     if "vllm" in paths and resolve_inference(cfg.student.model_copy(update={"inference": "auto"})) != "vllm":
         print("vLLM is not importable here: scoring runs on the HF path only", flush=True)
-        paths = [p for p in paths if p != "vllm"]
+        paths = [p for p in paths if not p.startswith("vllm")]
 
     n_actors = max(a.ranks, 2) + 1
     # address="local": always our own Ray, never a cluster someone else started on this machine
@@ -117,13 +140,18 @@ def main() -> None:
         outs = {}
         # vllm: the adapter as student.vllm.adapter=auto serves it (merged in place on CPU);
         # vllm_lora_request: vLLM's LoRA path, for the comparison
-        for path, shards in [("hf", 1), ("hf", 2), ("vllm", 1), ("vllm_lora_request", 1)]:
-            if path.split("_")[0] not in paths:
+        # vllm_bf16: the engine's weights in bfloat16 (student.dtype bf16-true; the adapter is
+        # merged into them), against vllm's fp32 on a CPU (issue 28)
+        for path, shards in [("hf", 1), ("hf", 2), ("vllm", 1), ("vllm_lora_request", 1),
+                             ("vllm_bf16", 1)]:
+            if path.split("_")[0] not in paths or (path == "vllm_bf16" and path not in paths):
                 continue
             c = cfg.model_copy(deep=True)
             c.student.inference = path.split("_")[0]
             if path == "vllm_lora_request":
                 c.student.vllm.adapter = "lora_request"
+            if path == "vllm_bf16":
+                c.student.dtype = "bf16-true"
             t0 = time.perf_counter()
             group = ActorGroup(ScorerWorker, name=f"bench-scorer-{path}{shards}",
                                resources=ActorResources(num_workers=shards, num_cpus=a.num_cpus,
@@ -201,6 +229,16 @@ def main() -> None:
             print(f"vLLM / HF: scoring x{results['vllm_vs_hf']['score_ratio']:.2f}, evaluation "
                   f"x{results['vllm_vs_hf']['eval_ratio']:.2f}, same answers "
                   f"{results['vllm_vs_hf']['same_answers']}", flush=True)
+        if ("vllm_bf16", 1) in outs and ("vllm", 1) in outs:
+            results["vllm_bf16_vs_fp32"] = precision_agreement(
+                outs[("vllm", 1)], outs[("vllm_bf16", 1)],
+                results["score_vllm_S1"], results["score_vllm_bf16_S1"])
+            b = results["vllm_bf16_vs_fp32"]
+            print(f"vLLM bf16 / fp32: scoring x{b['score_ratio']:.2f}, evaluation "
+                  f"x{b['eval_ratio']:.2f}; identical greedy answers {b['same_answer_share']:.2f} "
+                  f"(scored) and {b['same_completion_share']:.2f} (evaluation); loss Pearson "
+                  f"{b['loss_pearson']:.4f}, Spearman {b['loss_spearman']:.4f}; accuracy "
+                  f"{b['accuracy_fp32']:.3f} vs {b['accuracy_bf16']:.3f}", flush=True)
         results["sync"] = {"adapter_bytes": adapter_bytes, "full_weight_bytes": full_bytes,
                            "ratio": adapter_bytes / full_bytes}
         print(f"sync: adapter {adapter_bytes / 2**20:.2f} MiB vs full weights "

@@ -70,7 +70,9 @@ def lora_state(folder) -> dict:
 
 
 class StudentPool:
-    def __init__(self, *, cfg, task, score_batch_size: int = 16):
+    def __init__(self, *, cfg, task, score_batch_size: int = 16, wait: bool = True):
+        """wait=False: the actors are created and start in the background; `wait_ready()` joins
+        them (pools.start_pools starts the teacher meanwhile)."""
         self.cfg, self.task = cfg, task
         res = cfg.resources
         # colocate_scorers: trainer rank i and scorer i share bundle i (and its GPU). Separate
@@ -87,12 +89,15 @@ class StudentPool:
                                    init_kwargs=dict(cfg=cfg), placement_group=self.shared_pg,
                                    placement_timeout_s=res.placement_timeout_s,
                                    collective=True, setup=self._rendezvous, **retry)
-        self.trainers.set_up()
+        # the scorer shards are created before the trainer's rendezvous is waited for: their
+        # engines (model load, vLLM start) come up while the DeepSpeed ranks start, not after
         self.scorers = ActorGroup(ScorerWorker, name="scorers", resources=res.scorers,
                                   init_kwargs=dict(cfg=cfg, batch_size=score_batch_size),
                                   placement_group=self.shared_pg,
                                   placement_timeout_s=res.placement_timeout_s,
                                   setup=self._reload_adapter, **retry)
+        if wait:
+            self.wait_ready()
         self._adapter_files: dict | None = None  # the last trained adapter's folder, as bytes
         self.adapter_ref: ray.ObjectRef | None = None
         self.adapter_bytes = 0
@@ -102,6 +107,12 @@ class StudentPool:
         self.continues = not cfg.student.restart_each_round
         self._train_from: dict | None = None
         self._trainings = 0
+
+    def wait_ready(self) -> None:
+        """The trainer ranks' rendezvous (restarting a rank that fails it), then every scorer
+        shard's engine up."""
+        self.trainers.set_up()
+        self.scorers.gather("paths")
 
     # ------------------------------------------------------------------ restarts
     def _rendezvous(self, ranks: list[int]) -> None:
