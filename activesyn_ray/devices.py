@@ -129,7 +129,8 @@ def dtype_name(name: str, *, cuda: bool | None = None) -> str:
     """A config dtype name -> the weight dtype an inference engine loads. Engine names: "auto" is
     bfloat16 on a GPU, float32 on a CPU. Student precisions: bf16-true (bfloat16) -> bfloat16;
     bf16-mixed -> bfloat16 on a GPU (an inference engine has no fp32 master weights to keep) and
-    float32 on a CPU (vLLM's CPU bf16 ran ~5x slower on AVX2 and is unmeasured elsewhere)."""
+    float32 on a CPU (vLLM's CPU bf16 scored x0.17 as fast as fp32 on AVX2 and agreed on 73%
+    of greedy answers: docs/results.md §9; unmeasured on CPUs with bf16 units)."""
     gpu = (on_gpu() if cuda is None else cuda)
     if name == "bf16-true":
         return "bfloat16"

@@ -215,7 +215,7 @@ def main() -> None:
             print(f"vLLM adapter merged / LoRARequest: scoring "
                   f"x{results['merge_vs_lora_request']['score_ratio']:.2f}, evaluation "
                   f"x{results['merge_vs_lora_request']['eval_ratio']:.2f}", flush=True)
-        if ("vllm", 1) in outs:
+        if ("vllm", 1) in outs and ("hf", 1) in outs:
             h, v = results["score_hf_S1"], results["score_vllm_S1"]
             results["vllm_vs_hf"] = {
                 **same(("hf", 1), ("vllm", 1)),
