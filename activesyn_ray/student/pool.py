@@ -96,8 +96,6 @@ class StudentPool:
                                   placement_group=self.shared_pg,
                                   placement_timeout_s=res.placement_timeout_s,
                                   setup=self._reload_adapter, **retry)
-        if wait:
-            self.wait_ready()
         self._adapter_files: dict | None = None  # the last trained adapter's folder, as bytes
         self.adapter_ref: ray.ObjectRef | None = None
         self.adapter_bytes = 0
@@ -107,6 +105,8 @@ class StudentPool:
         self.continues = not cfg.student.restart_each_round
         self._train_from: dict | None = None
         self._trainings = 0
+        if wait:  # last: a restart during the wait runs setup hooks that read the fields above
+            self.wait_ready()
 
     def wait_ready(self) -> None:
         """The trainer ranks' rendezvous (restarting a rank that fails it), then every scorer
