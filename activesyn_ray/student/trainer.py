@@ -196,7 +196,8 @@ class TrainerWorker:
         from `start` (see _continue_from) and `token` names the state it ends in."""
         t0 = time.perf_counter()
         if self.scfg.restart_each_round:
-            self._build_engine()
+            if self.holds != FRESH:  # an engine built since (round 0's checkpoint) and untouched
+                self._build_engine()  # is this fresh one already: same seed, no step, same RNG
         else:
             self._continue_from(start)
             # dropout draws depend on (seed, round) only, not on what this process ran before
