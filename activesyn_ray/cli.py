@@ -81,7 +81,7 @@ def _fail_run(err: Exception, store_root: Path) -> None:
 
 def _drive(store_root: Path, verbose: bool) -> None:
     """Run/resume the loop with quiet console, then push the run directory to its storage URI."""
-    from activesyn_ray.coordinator import run_loop
+    from activesyn_ray.driver import run_loop
     from activesyn_ray.runtime import library_output, route_logs
     from activesyn_ray.storage import remote_of, sync_up
 

@@ -192,7 +192,7 @@ def run_experiment(path: str | Path, extra: list[str] = (), *, report_dir: str |
                    verbose: bool = False) -> dict:
     from rich.console import Console
 
-    from activesyn_ray.coordinator import run_loop
+    from activesyn_ray.driver import run_loop
     from activesyn_ray.report import write_report
     from activesyn_ray.run_setup import new_run
     from activesyn_ray.runstore import RunStore

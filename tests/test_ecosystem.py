@@ -494,7 +494,7 @@ def _run_tiny(run_dir, sets):
     caller asks for budget.samples=4)."""
     from activesyn_ray import runstore
     from activesyn_ray.config import load_config
-    from activesyn_ray.coordinator import run_loop
+    from activesyn_ray.driver import run_loop
     from activesyn_ray.run_setup import new_run
 
     store = new_run(load_config(ROOT / "jobs" / "tiny-cpu.yaml", sets), run_dir)

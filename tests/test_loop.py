@@ -24,7 +24,7 @@ def test_tiny_job_never_trains_on_a_held_out_question(tmp_path, ray_session):
     """The tiny job's level 0 (1-digit a+b) has ~120 distinct questions, 30 of them in the test
     split: without decontamination about a quarter of its samples were test questions. (Uniform
     selection: which seeds are chosen does not matter here, and scoring 180 seeds twice would.)"""
-    from activesyn_ray.coordinator import run_loop
+    from activesyn_ray.driver import run_loop
     from activesyn_ray.decontaminate import normalize
     from activesyn_ray.run_setup import new_run
 
@@ -62,7 +62,7 @@ def test_the_loop_strategies_cover_every_scorer_column_and_shape():
 
 @pytest.mark.parametrize("strategy", LOOP_STRATEGIES)
 def test_every_strategy_scores_selects_generates(strategy, tmp_path, ray_session):
-    from activesyn_ray.coordinator import run_loop
+    from activesyn_ray.driver import run_loop
     from activesyn_ray.run_setup import new_run
 
     rounds = 2 if STRATEGIES[strategy].history else 1

@@ -119,7 +119,7 @@ def run_in_process(run_dir: Path, *extra: str) -> None:
     """The run `run_args` describes, in this process on the suite's shared Ray (no driver or Ray
     start-up of its own): for runs that are never killed and whose console nobody reads."""
     from activesyn_ray.config import load_config
-    from activesyn_ray.coordinator import run_loop
+    from activesyn_ray.driver import run_loop
     from activesyn_ray.run_setup import new_run
 
     run_loop(new_run(load_config(QUICK, SETS + list(extra)), run_dir))

@@ -97,7 +97,7 @@ def test_a_run_stopped_by_a_fault_prints_one_line_and_keeps_the_traceback(tmp_pa
     log and how to resume; exit code 2. A plain bug keeps its traceback."""
     from typer.testing import CliRunner
 
-    import activesyn_ray.coordinator as coordinator
+    import activesyn_ray.driver as driver
     from activesyn_ray.actors import ActorGroupError
     from activesyn_ray.cli import app
 
@@ -111,7 +111,7 @@ def test_a_run_stopped_by_a_fault_prints_one_line_and_keeps_the_traceback(tmp_pa
 
     # this process is pytest's: keep its logging as it is (route_logs rewires it for a real run)
     monkeypatch.setattr(runtime, "route_logs", lambda run_dir, verbose=False: Path(run_dir) / "run.log")
-    monkeypatch.setattr(coordinator, "run_loop", stops)
+    monkeypatch.setattr(driver, "run_loop", stops)
     res = CliRunner().invoke(app, ["run", str(cfg), "--run-dir", str(tmp_path / "r")])
     assert res.exit_code == 2, res.output
     line = [ln for ln in res.output.splitlines() if "error:" in ln]
@@ -122,6 +122,6 @@ def test_a_run_stopped_by_a_fault_prints_one_line_and_keeps_the_traceback(tmp_pa
     def bug(run_dir):
         raise KeyError("a bug")
 
-    monkeypatch.setattr(coordinator, "run_loop", bug)
+    monkeypatch.setattr(driver, "run_loop", bug)
     res = CliRunner().invoke(app, ["run", str(cfg), "--run-dir", str(tmp_path / "r2")])
     assert res.exit_code != 2 and isinstance(res.exception, KeyError)

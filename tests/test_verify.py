@@ -109,7 +109,7 @@ class PlantingServer(LoopbackOpenAI):
 
 @pytest.mark.slow
 def test_loop_never_trains_on_a_refused_sample_and_counts_it_everywhere(tmp_path, ray_session):
-    from activesyn_ray.coordinator import run_loop
+    from activesyn_ray.driver import run_loop
     from activesyn_ray.report import write_report
     from activesyn_ray.run_setup import new_run
 
