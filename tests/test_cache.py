@@ -24,9 +24,9 @@ import pytest
 from activesyn_ray.budget import LEDGER_JOURNAL, Ledger
 from activesyn_ray.config import ConfigError, config_from_dict, load_config
 from activesyn_ray.teacher.cache import (ENTRIES, TeacherCache, cache_enabled, decode_entry,
-                                         default_location, entry_path, model_fingerprint,
-                                         request_key)
+                                         default_location, entry_path, request_key)
 from activesyn_ray.teacher.engines import Completion, TeacherRequest, engine_class
+from activesyn_ray.teacher.fingerprint import model_fingerprint
 
 TINY = "tiny:ctx=2048"  # char-level tokenizer: a generate prompt is ~500 tokens
 
@@ -149,7 +149,7 @@ def test_a_change_of_any_key_part_misses(tmp_path):
 
 def test_model_fingerprint_hashes_weights_once_per_file_version(tmp_path):
     from activesyn_ray.models import resolve_model
-    from activesyn_ray.teacher.cache import _memo_dir, sha256_text
+    from activesyn_ray.teacher.fingerprint import _memo_dir, sha256_text
 
     folder = tmp_path / "m"
     shutil.copytree(resolve_model(TINY), folder)

@@ -139,7 +139,7 @@ class Engine:
         as a fingerprint of its files (teacher/cache.py `model_fingerprint`), where it runs (CPU or
         GPU: default dtypes differ) and the library versions. Never a key, header or secret."""
         from activesyn_ray.models import resolve_model
-        from activesyn_ray.teacher.cache import library_versions, model_fingerprint
+        from activesyn_ray.teacher.fingerprint import library_versions, model_fingerprint
 
         return {"engine": cls.name, "weights": model_fingerprint(resolve_model(cfg.teacher.model)),
                 "device": "gpu" if cfg.resources.teacher.num_gpus > 0 else "cpu",

@@ -48,7 +48,7 @@ class ProceduralEngine(Engine):
         """The task's generators (its config), the sample's likeness to the seed, the tokenizer
         that counts the tokens charged, and the project's version (its generators' code)."""
         from activesyn_ray.models import resolve_model
-        from activesyn_ray.teacher.cache import library_versions, model_fingerprint
+        from activesyn_ray.teacher.fingerprint import library_versions, model_fingerprint
 
         return {"engine": cls.name, "task": cfg.task.model_dump(mode="json"),
                 "like": cfg.teacher.procedural.like,
