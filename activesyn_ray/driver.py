@@ -47,8 +47,8 @@ def run_loop(run_dir: str | Path | RunStore) -> dict:
         # threads: run, the console's progress polls, shutdown
         cls = PipelinedCoordinator if cfg.loop.pipeline else Coordinator
         actor = ray.remote(cls).options(num_cpus=cfg.resources.coordinator_num_cpus,
-                                                scheduling_strategy=here, max_concurrency=3
-                                                ).remote(run_dir=str(store.root.resolve()))
+                                        scheduling_strategy=here, max_concurrency=3
+                                        ).remote(run_dir=str(store.root.resolve()))
         try:
             summary = RunConsole(total=cfg.budget.samples).follow(actor, actor.run.remote())
         finally:
