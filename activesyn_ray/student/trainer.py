@@ -151,9 +151,10 @@ class TrainerWorker:
         self.holds = FRESH
 
     def _continue_from(self, start: dict | None) -> None:
-        """Continue mode: be in the state `start` names ({"token", "state": [ObjectRef]}; None: a
-        fresh adapter). A rank already in it continues in memory; any other (restarted, resumed,
-        or one that trained since) rebuilds its engine and loads the state."""
+        """Be in the state `start` names ({"token", "state": [ObjectRef]}; None: a fresh adapter,
+        what restart_each_round asks for every round). A rank already in it continues in memory;
+        any other (restarted, resumed, or one that trained since) rebuilds its engine and loads
+        the state."""
         want = FRESH if start is None else start["token"]
         if self.engine is not None and self.holds == want:
             return
@@ -196,8 +197,9 @@ class TrainerWorker:
         from `start` (see _continue_from) and `token` names the state it ends in."""
         t0 = time.perf_counter()
         if self.scfg.restart_each_round:
-            if self.holds != FRESH:  # an engine built since (round 0's checkpoint) and untouched
-                self._build_engine()  # is this fresh one already: same seed, no step, same RNG
+            # a fresh adapter every round: the engine round 0's checkpoint built, untouched since
+            # (same seed, no step, nothing drawn), already is one
+            self._continue_from(None)
         else:
             self._continue_from(start)
             # dropout draws depend on (seed, round) only, not on what this process ran before
