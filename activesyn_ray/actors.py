@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 import time
 from typing import Any, Callable
 
@@ -76,12 +77,12 @@ class ActorGroupError(RuntimeError):
 
 def set_threads(num_cpus: float) -> int:
     """One torch/OpenMP thread per CPU the actor holds: two threads fighting over one busy core
-    made training ~10x slower in a probe."""
-    import torch
-
+    made training ~10x slower in a probe. An actor that has not imported torch (a procedural
+    teacher replica never does) is not made to: torch takes OMP_NUM_THREADS when it is imported."""
     n = max(1, int(num_cpus))
     os.environ["OMP_NUM_THREADS"] = str(n)
-    torch.set_num_threads(n)
+    if "torch" in sys.modules:
+        sys.modules["torch"].set_num_threads(n)
     return n
 
 

@@ -1,0 +1,69 @@
+"""The teacher's tokenizer, loaded without AutoTokenizer where AutoTokenizer would build the same
+object (teacher/engines/base.py `load_tokenizer`): every token a run is charged is counted by it,
+so the direct path must give AutoTokenizer's class, ids and padding, and must really skip the
+import (torch) it exists to skip."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from activesyn_ray.models import resolve_model
+from activesyn_ray.teacher.engines.base import (_loads_as_backend, count_text_tokens,
+                                                load_tokenizer, prompt_ids)
+
+# Every kind of folder this project builds (make-teacher saves its base's tokenizer unchanged).
+BUILT = ["tiny", "tiny-reward", "tiny:ctx=2048", "smollm2-135m"]
+TEXTS = ["What is 2+3?", "  leading and trailing spaces  ", "Question: 17 - 9 = ?\nAnswer: 8\n#### 8",
+         "ünïcödé — and emoji 🙂 and CJK 漢字", "<|im_start|>user\nhi<|im_end|>", "", "a\tb\r\nc",
+         "Write a new problem like this one:\n" + "12 + 34 * 5 " * 40]
+
+
+@pytest.mark.parametrize("spec", BUILT)
+def test_direct_load_equals_autotokenizer(spec):
+    from transformers import AutoTokenizer
+
+    folder = resolve_model(spec)
+    assert _loads_as_backend(folder), f"{spec}: {folder} would go through AutoTokenizer"
+    auto = AutoTokenizer.from_pretrained(str(folder))
+    auto.padding_side = "left"
+    if auto.pad_token is None:
+        auto.pad_token = auto.eos_token
+    direct = load_tokenizer(spec)
+    assert type(direct) is type(auto)
+    assert (direct.padding_side, direct.pad_token, direct.eos_token, direct.bos_token) == \
+        (auto.padding_side, auto.pad_token, auto.eos_token, auto.bos_token)
+    assert getattr(direct, "chat_template", None) == getattr(auto, "chat_template", None)
+    for text in TEXTS:
+        assert prompt_ids(direct, text) == prompt_ids(auto, text), (spec, text)
+        assert count_text_tokens(direct, text) == count_text_tokens(auto, text), (spec, text)
+    batch = direct(TEXTS[:3], padding=True).input_ids
+    assert batch == auto(TEXTS[:3], padding=True).input_ids
+
+
+def test_direct_load_does_not_import_torch():
+    """What the direct path is for: a procedural teacher replica and a run's coordinator load this
+    tokenizer; through AutoTokenizer that imports torch (~6 s of CPU per process here)."""
+    code = ("import sys; from activesyn_ray.teacher.engines.base import load_tokenizer; "
+            "t = load_tokenizer('tiny'); print(type(t).__name__, 'torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split()[-2:] == ["TokenizersBackend", "False"], out.stdout + out.stderr
+
+
+@pytest.mark.parametrize("change", [
+    {"tokenizer_config.json": {"tokenizer_class": "GPT2Tokenizer"}},  # a class of its own
+    {"config.json": {"model_type": "qwen2"}},  # a type whose hub class transformers overrides
+    {"tokenizer_config.json": {"auto_map": {"AutoTokenizer": ["x.Tok", None]}}},  # custom code
+])
+def test_any_other_folder_goes_through_autotokenizer(change, tmp_path):
+    import shutil
+
+    folder = shutil.copytree(resolve_model("tiny"), tmp_path / "m")
+    assert _loads_as_backend(folder)
+    for name, update in change.items():
+        data = json.loads((folder / name).read_text())
+        (folder / name).write_text(json.dumps({**data, **update}))
+    assert not _loads_as_backend(folder)
+    (folder / "tokenizer_config.json").unlink()
+    assert not _loads_as_backend(folder)  # missing: AutoTokenizer decides and explains
