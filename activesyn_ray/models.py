@@ -227,6 +227,39 @@ def check_gguf(path: Path, spec: str) -> Path:
     return path
 
 
+# ------------------------------------------------------------------------------------ tokenizers
+# Folders whose tokenizer AutoTokenizer itself loads as a plain TokenizersBackend (tokenizer.json
+# as written): the generic class named in tokenizer_config.json, a model type with no tokenizer
+# class of its own in transformers' table, no custom code. Every model this project builds (tiny,
+# tiny-reward, SmolLM2 from its GGUF, make-teacher's) is one; tests/test_tokenizer_load.py checks
+# AutoTokenizer gives the same class and ids for each. Loaded directly, they skip AutoTokenizer's
+# import, which pulls torch: ~6 s of CPU in every run's coordinator, procedural teacher replica
+# and CLI driver (its preflight).
+DIRECT_TOKENIZER_CLASS = "TokenizersBackend"
+DIRECT_MODEL_TYPES = {"llama"}
+
+
+def loads_as_backend(folder) -> bool:
+    folder = Path(folder)
+    try:
+        tok_cfg = json.loads((folder / "tokenizer_config.json").read_text())
+        model_type = json.loads((folder / "config.json").read_text()).get("model_type")
+    except (OSError, ValueError):
+        return False  # whatever is missing or odd, AutoTokenizer decides (and explains)
+    return (tok_cfg.get("tokenizer_class") == DIRECT_TOKENIZER_CLASS and "auto_map" not in tok_cfg
+            and model_type in DIRECT_MODEL_TYPES and (folder / "tokenizer.json").is_file())
+
+
+def open_tokenizer(folder):
+    """What `AutoTokenizer.from_pretrained(folder)` returns, without AutoTokenizer's import where
+    it would build a plain TokenizersBackend (above)."""
+    if loads_as_backend(folder):
+        from transformers import TokenizersBackend as loader
+    else:
+        from transformers import AutoTokenizer as loader
+    return loader.from_pretrained(str(folder))
+
+
 # --------------------------------------------------------------------------------------- resolve
 def resolve_model(spec: str) -> Path:
     """Return a local folder that `from_pretrained` (and vLLM) can load, building it if needed."""

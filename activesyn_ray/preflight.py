@@ -23,11 +23,9 @@ log = logging.getLogger("activesyn")
 
 
 def _student_tokenizer(cfg: RunConfig):
-    from transformers import AutoTokenizer
+    from activesyn_ray.models import open_tokenizer, resolve_model
 
-    from activesyn_ray.models import resolve_model
-
-    return AutoTokenizer.from_pretrained(resolve_model(cfg.student.model))
+    return open_tokenizer(resolve_model(cfg.student.model))
 
 
 def _n_tokens(tok, text: str) -> int:

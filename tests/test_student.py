@@ -205,7 +205,7 @@ def test_rank_slices_form_the_one_rank_batches():
 @pytest.fixture(scope="module")
 def trained(ray_session, task_data):
     """One pool (1 trainer rank, 2 scorer shards), scored with the base model, then trained once."""
-    from activesyn_ray.student import StudentPool
+    from activesyn_ray.student.pool import StudentPool
 
     task, seeds, test = task_data
     cfg = make_cfg(reward_model="tiny-reward")

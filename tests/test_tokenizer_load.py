@@ -1,18 +1,19 @@
-"""The teacher's tokenizer, loaded without AutoTokenizer where AutoTokenizer would build the same
-object (teacher/engines/base.py `load_tokenizer`): every token a run is charged is counted by it,
-so the direct path must give AutoTokenizer's class, ids and padding, and must really skip the
-import (torch) it exists to skip."""
+"""Tokenizers loaded without AutoTokenizer where AutoTokenizer would build the same object
+(models.py `open_tokenizer`; the teacher's `load_tokenizer` and the driver's preflight use it):
+every token a run is charged is counted by it, so the direct path must give AutoTokenizer's class,
+ids and padding, and must really skip the import (torch) it exists to skip."""
 
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
-from activesyn_ray.models import resolve_model
-from activesyn_ray.teacher.engines.base import (_loads_as_backend, count_text_tokens,
-                                                load_tokenizer, prompt_ids)
+from activesyn_ray.models import loads_as_backend, resolve_model
+from activesyn_ray.teacher.engines.base import count_text_tokens, load_tokenizer, prompt_ids
 
+ROOT = Path(__file__).resolve().parents[1]
 # Every kind of folder this project builds (make-teacher saves its base's tokenizer unchanged).
 BUILT = ["tiny", "tiny-reward", "tiny:ctx=2048", "smollm2-135m"]
 TEXTS = ["What is 2+3?", "  leading and trailing spaces  ", "Question: 17 - 9 = ?\nAnswer: 8\n#### 8",
@@ -25,7 +26,7 @@ def test_direct_load_equals_autotokenizer(spec):
     from transformers import AutoTokenizer
 
     folder = resolve_model(spec)
-    assert _loads_as_backend(folder), f"{spec}: {folder} would go through AutoTokenizer"
+    assert loads_as_backend(folder), f"{spec}: {folder} would go through AutoTokenizer"
     auto = AutoTokenizer.from_pretrained(str(folder))
     auto.padding_side = "left"
     if auto.pad_token is None:
@@ -42,13 +43,22 @@ def test_direct_load_equals_autotokenizer(spec):
     assert batch == auto(TEXTS[:3], padding=True).input_ids
 
 
-def test_direct_load_does_not_import_torch():
-    """What the direct path is for: a procedural teacher replica and a run's coordinator load this
-    tokenizer; through AutoTokenizer that imports torch (~6 s of CPU per process here)."""
-    code = ("import sys; from activesyn_ray.teacher.engines.base import load_tokenizer; "
-            "t = load_tokenizer('tiny'); print(type(t).__name__, 'torch' in sys.modules)")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert out.stdout.split()[-2:] == ["TokenizersBackend", "False"], out.stdout + out.stderr
+def test_driver_and_teacher_tokenizers_do_not_import_torch():
+    """What the direct path is for: the CLI driver (its preflight reads the student's tokenizer), a
+    run's coordinator and a procedural teacher replica (the teacher's) never needed torch; through
+    AutoTokenizer each imported it (~6 s of CPU per process here)."""
+    code = ("import sys\n"
+            "import activesyn_ray.driver\n"
+            "from activesyn_ray.config import load_config\n"
+            "from activesyn_ray.preflight import _student_tokenizer\n"
+            "from activesyn_ray.teacher.engines.base import load_tokenizer\n"
+            "cfg = load_config('jobs/tiny-cpu.yaml', ['student.model=tiny'])\n"
+            "s, t = _student_tokenizer(cfg), load_tokenizer('tiny')\n"
+            "print(type(s).__name__, type(t).__name__, 'torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         cwd=ROOT)
+    assert out.stdout.split()[-3:] == ["TokenizersBackend", "TokenizersBackend", "False"], \
+        out.stdout + out.stderr
 
 
 @pytest.mark.parametrize("change", [
@@ -60,10 +70,10 @@ def test_any_other_folder_goes_through_autotokenizer(change, tmp_path):
     import shutil
 
     folder = shutil.copytree(resolve_model("tiny"), tmp_path / "m")
-    assert _loads_as_backend(folder)
+    assert loads_as_backend(folder)
     for name, update in change.items():
         data = json.loads((folder / name).read_text())
         (folder / name).write_text(json.dumps({**data, **update}))
-    assert not _loads_as_backend(folder)
+    assert not loads_as_backend(folder)
     (folder / "tokenizer_config.json").unlink()
-    assert not _loads_as_backend(folder)  # missing: AutoTokenizer decides and explains
+    assert not loads_as_backend(folder)  # missing: AutoTokenizer decides and explains

@@ -1,5 +1,3 @@
-"""The student: DeepSpeed + PEFT LoRA trainer ranks, scorer shards, and the pool that drives both."""
-
-from activesyn_ray.student.pool import StudentPool
-
-__all__ = ["StudentPool"]
+"""The student: DeepSpeed + PEFT LoRA trainer ranks (trainer.py), scorer shards (scoring.py), and the
+pool that drives both (pool.py: StudentPool). Nothing is imported here: the driver and the
+coordinator reach this package for torch-free helpers (replay.py), and the actor modules import torch."""

@@ -56,39 +56,10 @@ def request_seed(run_seed: int, request_id: str) -> int:
 
 
 # ------------------------------------------------------------------------------------- tokenizers
-# Folders whose tokenizer AutoTokenizer itself loads as a plain TokenizersBackend (tokenizer.json
-# as written): the generic class named in tokenizer_config.json, a model type with no tokenizer
-# class of its own in transformers' table, no custom code. Every model this project builds (tiny,
-# tiny-reward, SmolLM2 from its GGUF, make-teacher's) is one; tests/test_tokenizer_load.py checks
-# AutoTokenizer gives the same class and ids for each. Loaded directly, they skip AutoTokenizer's
-# import, which pulls torch: ~6 s of CPU in every run's coordinator and procedural teacher replica.
-DIRECT_TOKENIZER_CLASS = "TokenizersBackend"
-DIRECT_MODEL_TYPES = {"llama"}
-
-
-def _loads_as_backend(folder) -> bool:
-    import json
-    from pathlib import Path
-
-    folder = Path(folder)
-    try:
-        tok_cfg = json.loads((folder / "tokenizer_config.json").read_text())
-        model_type = json.loads((folder / "config.json").read_text()).get("model_type")
-    except (OSError, ValueError):
-        return False  # whatever is missing or odd, AutoTokenizer decides (and explains)
-    return (tok_cfg.get("tokenizer_class") == DIRECT_TOKENIZER_CLASS and "auto_map" not in tok_cfg
-            and model_type in DIRECT_MODEL_TYPES and (folder / "tokenizer.json").is_file())
-
-
 def load_tokenizer(model_spec: str):
-    from activesyn_ray.models import resolve_model
+    from activesyn_ray.models import open_tokenizer, resolve_model
 
-    folder = resolve_model(model_spec)
-    if _loads_as_backend(folder):
-        from transformers import TokenizersBackend as loader
-    else:
-        from transformers import AutoTokenizer as loader
-    tok = loader.from_pretrained(str(folder))
+    tok = open_tokenizer(resolve_model(model_spec))
     tok.padding_side = "left"  # decoder-only batched generation pads on the left
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
