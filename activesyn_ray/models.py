@@ -231,7 +231,7 @@ def check_gguf(path: Path, spec: str) -> Path:
 # Folders whose tokenizer AutoTokenizer itself loads as a plain TokenizersBackend (tokenizer.json
 # as written): the generic class named in tokenizer_config.json, a model type with no tokenizer
 # class of its own in transformers' table, no custom code. Every model this project builds (tiny,
-# tiny-reward, SmolLM2 from its GGUF, make-teacher's) is one; tests/test_tokenizer_load.py checks
+# tiny-reward, SmolLM2 from its GGUF, make-teacher's) is one; tests/test_light_imports.py checks
 # AutoTokenizer gives the same class and ids for each. Loaded directly, they skip AutoTokenizer's
 # import, which pulls torch: ~6 s of CPU in every run's coordinator, procedural teacher replica
 # and CLI driver (its preflight).

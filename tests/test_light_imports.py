@@ -1,9 +1,12 @@
-"""Tokenizers loaded without AutoTokenizer where AutoTokenizer would build the same object
+"""What a process imports to start, kept light where nothing is lost (every run start pays it, in
+every actor). Tokenizers load without AutoTokenizer where AutoTokenizer would build the same object
 (models.py `open_tokenizer`; the teacher's `load_tokenizer` and the driver's preflight use it):
 every token a run is charged is counted by it, so the direct path must give AutoTokenizer's class,
-ids and padding, and must really skip the import (torch) it exists to skip."""
+ids and padding, and must really skip the import (torch) it exists to skip. An actor's thread
+count (actors.set_threads) must hold whether torch is imported before or after it."""
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -77,3 +80,18 @@ def test_any_other_folder_goes_through_autotokenizer(change, tmp_path):
     assert not loads_as_backend(folder)
     (folder / "tokenizer_config.json").unlink()
     assert not loads_as_backend(folder)  # missing: AutoTokenizer decides and explains
+
+
+@pytest.mark.parametrize("torch_first", [True, False])
+def test_set_threads_holds_whether_torch_comes_before_or_after(torch_first):
+    """A trainer rank imports torch before set_threads; an HF teacher replica only after (its
+    replica module is torch-free): either way torch runs on the actor's CPUs, not the machine's."""
+    code = ("import sys\n" + ("import torch\n" if torch_first else "") +
+            "from activesyn_ray.actors import set_threads\n"
+            "set_threads(1.5)\n"
+            "import torch\n"
+            "print(torch.get_num_threads())")
+    env = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         env=env)
+    assert out.stdout.split()[-1] == "1", out.stdout + out.stderr
