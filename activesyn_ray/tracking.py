@@ -10,7 +10,9 @@ The coordinator calls `track(cfg, run_dir, row)` after each metrics.jsonl row an
 `close_trackers(run_dir)` at the end (or uses `Trackers(cfg, run_dir).log(row)` / `.close()`). The x axis (step) is the budget spent in samples, the axis every accuracy
 curve of this project is drawn against; the iteration is logged as a scalar beside it.
 Only the libraries' own APIs are used; W&B/MLflow run ids are kept in RUN_DIR/trackers.json so a
-resumed run continues the same tracked run.
+resumed run continues the same tracked run. TensorBoard's event files are written with tensorboard's
+own EventFileWriter and the records torch.utils.tensorboard's SummaryWriter writes (`TBWriter`):
+that wrapper imports torch, ~3 s of CPU in a coordinator that otherwise never needs it.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import shutil
+import time
 from pathlib import Path
 from typing import Any
 
@@ -55,6 +58,49 @@ def flatten(row: dict[str, Any]) -> dict[str, float]:
     return out
 
 
+class TBWriter:
+    """TensorBoard event files as torch.utils.tensorboard.SummaryWriter writes them, without torch:
+    the same EventFileWriter (tensorboard's, which SummaryWriter wraps), scalars as `simple_value`
+    (what EventAccumulator.Scalars and `tensorboard --logdir` read), text as the text plugin's
+    string tensor under `<tag>/text_summary` (SummaryWriter.add_text's record)."""
+
+    def __init__(self, log_dir: str | Path):
+        from tensorboard.summary.writer.event_file_writer import EventFileWriter
+
+        self._writer = EventFileWriter(str(log_dir))
+
+    def _add(self, step: int, *values) -> None:
+        from tensorboard.compat.proto.event_pb2 import Event
+        from tensorboard.compat.proto.summary_pb2 import Summary
+
+        self._writer.add_event(Event(wall_time=time.time(), step=int(step),
+                                     summary=Summary(value=list(values))))
+
+    def add_scalar(self, tag: str, value: float, global_step: int) -> None:
+        from tensorboard.compat.proto.summary_pb2 import Summary
+
+        self._add(global_step, Summary.Value(tag=tag, simple_value=float(value)))
+
+    def add_text(self, tag: str, text: str, global_step: int = 0) -> None:
+        from tensorboard.compat.proto.summary_pb2 import Summary, SummaryMetadata
+        from tensorboard.compat.proto.tensor_pb2 import TensorProto
+        from tensorboard.compat.proto.tensor_shape_pb2 import TensorShapeProto
+        from tensorboard.plugins.text.plugin_data_pb2 import TextPluginData
+
+        meta = SummaryMetadata(plugin_data=SummaryMetadata.PluginData(
+            plugin_name="text", content=TextPluginData(version=0).SerializeToString()))
+        tensor = TensorProto(dtype="DT_STRING", string_val=[text.encode("utf-8")],
+                             tensor_shape=TensorShapeProto(dim=[TensorShapeProto.Dim(size=1)]))
+        self._add(global_step,
+                  Summary.Value(tag=f"{tag}/text_summary", metadata=meta, tensor=tensor))
+
+    def flush(self) -> None:
+        self._writer.flush()
+
+    def close(self) -> None:
+        self._writer.close()
+
+
 def _flat_params(obj: Any, prefix: str = "") -> dict[str, str]:
     if isinstance(obj, dict):
         out: dict[str, str] = {}
@@ -86,9 +132,7 @@ class Trackers:
         project = cfg.output.tracker_project or "activesyn"
         self._tb = self._wandb = self._mlflow = None
         if "tensorboard" in self.names:
-            from torch.utils.tensorboard import SummaryWriter
-
-            self._tb = SummaryWriter(log_dir=str(self.run_dir / TB_DIR))
+            self._tb = TBWriter(self.run_dir / TB_DIR)
             if not ids.get("tensorboard"):  # config once, not again on resume
                 self._tb.add_text("config", "```\n" + json.dumps(config, indent=2) + "\n```")
                 ids["tensorboard"] = TB_DIR

@@ -95,6 +95,39 @@ def test_tensorboard_events_hold_the_accuracy_curve(tmp_path):
     assert "accuracy/val" not in ea.Tags()["scalars"]  # None (no validation split) is not logged
 
 
+def test_tensorboard_records_are_what_torchs_summarywriter_writes(tmp_path):
+    """TBWriter (no torch in the coordinator) against torch.utils.tensorboard.SummaryWriter, the
+    same calls into two folders: every event as TensorBoard reads it back is the same (tag, step,
+    value; the text plugin's record and its metadata), in the same order."""
+    from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
+    from torch.utils.tensorboard import SummaryWriter
+
+    from activesyn_ray.tracking import TBWriter
+
+    def write(w):
+        w.add_text("config", "```\nname: tiny ü\n```")
+        for step, acc in [(0, 0.0), (8, 0.25), (16, 1 / 3)]:
+            w.add_scalar("accuracy/overall", acc, global_step=step)
+            w.add_scalar("budget/teacher_tokens", 1e6 + step, global_step=step)
+        w.flush()
+        w.close()
+
+    def events(folder):
+        (path,) = folder.glob("events.out.tfevents.*")
+        out = []
+        for ev in EventFileLoader(str(path)).Load():
+            for v in ev.summary.value:
+                out.append((ev.step, v.SerializeToString(deterministic=True)))
+            if ev.HasField("file_version"):
+                out.append(("file_version", ev.file_version))
+        return out
+
+    write(SummaryWriter(log_dir=str(tmp_path / "torch")))
+    write(TBWriter(tmp_path / "ours"))
+    ours, theirs = events(tmp_path / "ours"), events(tmp_path / "torch")
+    assert len(ours) == 8 and ours == theirs
+
+
 def test_named_tracker_not_installed_fails_clearly():
     import importlib.util
 

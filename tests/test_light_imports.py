@@ -3,7 +3,8 @@ every actor). Tokenizers load without AutoTokenizer where AutoTokenizer would bu
 (models.py `open_tokenizer`; the teacher's `load_tokenizer` and the driver's preflight use it):
 every token a run is charged is counted by it, so the direct path must give AutoTokenizer's class,
 ids and padding, and must really skip the import (torch) it exists to skip. An actor's thread
-count (actors.set_threads) must hold whether torch is imported before or after it."""
+count (actors.set_threads) must hold whether torch is imported before or after it. A run's
+coordinator imports no torch: only the actors that make tensors do."""
 
 import json
 import os
@@ -62,6 +63,30 @@ def test_driver_and_teacher_tokenizers_do_not_import_torch():
                          cwd=ROOT)
     assert out.stdout.split()[-3:] == ["TokenizersBackend", "TokenizersBackend", "False"], \
         out.stdout + out.stderr
+
+
+def test_coordinator_with_the_actor_classes_it_creates_imports_no_torch():
+    """A run's coordinator creates the trainer ranks and scorer shards, so it imports the modules of
+    their classes; torch is imported where tensors are made, in those actors (~3 s of CPU saved at
+    every run start, before its pools start). A LoRA adapter reaches it as its checkpoint file's
+    bytes (student/adapter_sync.py), sized without torch. Continue mode's trainer state and a full
+    finetune's state dict do come to it as tensors (not checked here)."""
+    code = ("import sys\n"
+            "import activesyn_ray.coordinator, activesyn_ray.pipelined, activesyn_ray.pools\n"
+            "from activesyn_ray.student.pool import StudentPool\n"
+            "from activesyn_ray.student.scoring import ScorerWorker, resolve_inference\n"
+            "from activesyn_ray.student.trainer import TrainerWorker\n"
+            "from activesyn_ray.teacher.pool import TeacherPool\n"
+            "from activesyn_ray.selection import STRATEGIES\n"
+            "from activesyn_ray.student.pool import state_bytes\n"
+            "from safetensors.numpy import save\n"  # an adapter file's bytes, made without torch
+            "import numpy as np\n"
+            "assert state_bytes(save({'a': np.zeros((2, 3), np.float32)})) == 24\n"
+            "heavy = ('torch', 'transformers', 'deepspeed', 'peft')\n"
+            "print(sorted(m for m in heavy if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         cwd=ROOT)
+    assert out.stdout.split("\n")[-2] == "[]", out.stdout + out.stderr
 
 
 @pytest.mark.parametrize("change", [

@@ -167,6 +167,31 @@ def test_pushed_adapter_state_written_as_a_peft_folder(tmp_path):
         write_peft_adapter({"w": torch.zeros(1)}, tmp_path / "bad", lora=lora, base=str(base_dir))
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_adapter_file_sent_to_the_scorers_is_the_trainers_adapter_state(dtype, tmp_path):
+    """What the pool pushes after a LoRA training (student/adapter_sync.py): the checkpoint's
+    adapter file. A scorer must get from it the trainer's adapter_state (fp32 copies of
+    get_peft_model_state_dict, under bf16-true too), and the metrics its tensor bytes."""
+    from peft import get_peft_model_state_dict
+
+    from activesyn_ray.student import adapter_sync
+    from activesyn_ray.student.pool import state_bytes
+
+    _, _, model = _tiny_lora_model()
+    model.to(dtype)
+    model.save_pretrained(tmp_path / "round-1")
+    blob = (tmp_path / "round-1" / adapter_sync.ADAPTER_FILE).read_bytes()
+    want = {k: v.detach().to(torch.float32) for k, v in get_peft_model_state_dict(model).items()}
+    got = adapter_sync.tensors(blob)
+    assert sorted(got) == sorted(want) and any("lora_B" in k for k in got)
+    for k in want:
+        assert got[k].dtype == torch.float32 and torch.equal(got[k], want[k]), k
+    sent = get_peft_model_state_dict(model)  # in the file's dtype
+    assert state_bytes(blob) == sum(t.numel() * t.element_size() for t in sent.values()) > 0
+    fp32_bytes = state_bytes(want)
+    assert state_bytes(blob) == (fp32_bytes // 2 if dtype == torch.bfloat16 else fp32_bytes)
+
+
 def test_merged_adapter_weights_equal_peft_merge(tmp_path):
     """What the vLLM scorer reloads in merge mode (student/vllm_scorer.py, the CPU default) is
     exactly PEFT's merge_and_unload of the same adapter, for every checkpoint weight; bad states

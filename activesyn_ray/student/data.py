@@ -2,13 +2,18 @@
 
 Prompt and target are tokenized SEPARATELY and concatenated, so the prompt/answer boundary is the
 same token boundary the scorers generate from (a joint BPE pass could merge across it).
+The functions that make tensors import torch themselves: the run's coordinator uses the token ids
+only (scoring prompts) and starts without torch.
 """
 
 from __future__ import annotations
 
-import torch
+from typing import TYPE_CHECKING
 
 from activesyn_ray.tasks.base import Task
+
+if TYPE_CHECKING:
+    import torch
 
 IGNORE = -100  # label value torch's cross-entropy skips: prompt tokens and padding
 
@@ -45,6 +50,8 @@ def encode(tokenizer, example: dict, max_len: int) -> tuple[list[int], list[int]
 
 def collate(rows: list[tuple[list[int], list[int]]], pad_id: int) -> dict[str, torch.Tensor]:
     """Right padding: real tokens keep positions 0..n-1 and, causally, never see the pads."""
+    import torch
+
     width = max(len(ids) for ids, _ in rows)
     input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
     labels = torch.full((len(rows), width), IGNORE, dtype=torch.long)
@@ -63,6 +70,8 @@ def pack(rows: list[tuple[list[int], list[int]]]) -> dict[str, torch.Tensor]:
     alone (the trainer checks this once per model: TrainerWorker._packing_works). `keep`: the
     positions whose next token is labelled (the only logits the loss needs); `targets` those
     tokens, `segment` the example each belongs to."""
+    import torch
+
     ids, pos, seg, lab = [], [], [], []
     for j, (x, y) in enumerate(rows):
         ids += x
@@ -80,6 +89,8 @@ def pack(rows: list[tuple[list[int], list[int]]]) -> dict[str, torch.Tensor]:
 
 def packed_nll(logits: torch.Tensor, packed: dict[str, torch.Tensor]) -> torch.Tensor:
     """per_example_nll for a packed row: `logits` are those at packed["keep"] ([n_kept, vocab])."""
+    import torch
+
     nll = torch.nn.functional.cross_entropy(logits.float(), packed["targets"], reduction="none")
     n, seg = int(packed["n"]), packed["segment"]
     total = torch.zeros(n, dtype=nll.dtype, device=nll.device).index_add(0, seg, nll)
@@ -89,6 +100,8 @@ def packed_nll(logits: torch.Tensor, packed: dict[str, torch.Tensor]) -> torch.T
 
 def left_pad(seqs: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Left padding for generation: every prompt ends at the last column."""
+    import torch
+
     width = max(len(s) for s in seqs)
     ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
     mask = torch.zeros((len(seqs), width), dtype=torch.long)
@@ -104,6 +117,8 @@ def per_example_nll(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     Each example weighs the same whatever its length; this is also what makes N ranks x micro m
     compute exactly the gradient of 1 rank x micro N*m (a token mean would weight by token count).
     """
+    import torch
+
     shift_logits = logits[:, :-1].float()
     shift_labels = labels[:, 1:]
     nll = torch.nn.functional.cross_entropy(shift_logits.transpose(1, 2), shift_labels,

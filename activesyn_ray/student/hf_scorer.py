@@ -26,10 +26,9 @@ import torch
 from activesyn_ray.devices import autocast, student_precision, weight_dtype
 from activesyn_ray.models import resolve_model
 from activesyn_ray.student.data import IGNORE, collate, encode, left_pad, per_example_nll
+from activesyn_ray.student.scoring import BADGE_DIMS
 from activesyn_ray.student.trainer import peft_lora_config
 from activesyn_ray.tasks.base import Task
-
-BADGE_DIMS = 16  # projected vocabulary dims of the BADGE embedding (size = BADGE_DIMS * hidden)
 
 
 def chunks(items: list, size: int):

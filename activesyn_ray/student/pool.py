@@ -21,13 +21,16 @@ import ray
 from activesyn_ray import placement
 from activesyn_ray.actors import ActorGroup, shard
 from activesyn_ray.selection.learnability import shot_indices
-from activesyn_ray.student import trainer_state
+from activesyn_ray.student import adapter_sync, trainer_state
 from activesyn_ray.student.scoring import DECODED, ScorerWorker
 from activesyn_ray.student.trainer import TrainerWorker
 from activesyn_ray.tasks.base import Example
 
 
-def state_bytes(state: dict) -> int:
+def state_bytes(state: dict | bytes) -> int:
+    """The tensor bytes of what the scorers are sent: a state dict, or an adapter file's bytes."""
+    if isinstance(state, bytes):
+        return adapter_sync.payload_bytes(state)
     return int(sum(t.numel() * t.element_size() for t in state.values()))
 
 
@@ -62,11 +65,8 @@ def lora_state(folder) -> dict:
     get_peft_model_state_dict gave them: what a scorer's load_adapter takes."""
     from pathlib import Path
 
-    import torch
-    from safetensors.torch import load_file
-
-    return {k: v.to(torch.float32) for f in sorted(Path(folder).glob("*.safetensors"))
-            for k, v in load_file(f).items()}
+    return {k: v for f in sorted(Path(folder).glob("*.safetensors"))
+            for k, v in adapter_sync.tensors(f.read_bytes()).items()}
 
 
 class StudentPool:
@@ -150,8 +150,10 @@ class StudentPool:
             metrics = self.trainers.gather("train", data_ref, round=round, start=start,
                                            token=token)[0]
             t0 = time.perf_counter()
-            state = self._on_all_ranks_if_zero3("adapter_state")
             files = self._on_all_ranks_if_zero3("adapter_files")
+            # LoRA: the scorers load the checkpoint's adapter file (student/adapter_sync.py)
+            state = files[adapter_sync.ADAPTER_FILE] if self.cfg.student.lora is not None else \
+                self._on_all_ranks_if_zero3("adapter_state")
             # a collective (DeepSpeed all-reduces each tensor's fragments): every rank
             tstate = self.trainers.gather("trainer_state")[0] if self.continues else None
             return metrics, state, files, tstate, t0
@@ -169,9 +171,10 @@ class StudentPool:
                        adapter_bytes=self.adapter_bytes, sync_seconds=time.perf_counter() - t0)
         return metrics
 
-    def push_adapter(self, state: dict | None) -> None:
-        """Load `state` (an adapter_state dict, or None = base model) into every scorer; also the
-        way to restore a checkpointed adapter on resume."""
+    def push_adapter(self, state: dict | bytes | None) -> None:
+        """Load `state` into every scorer: a LoRA adapter file's bytes (adapter_sync), a full
+        model's state dict, or None = the base model; also the way to restore a checkpointed
+        adapter on resume."""
         if state is None:
             self.adapter_ref, self.adapter_bytes = None, 0
             self.scorers.run("load_adapter", None)
@@ -188,14 +191,13 @@ class StudentPool:
         from a fresh adapter). False when there is no such checkpoint."""
         from pathlib import Path
 
-        import torch
-
         folder = Path(folder)
         if not any(folder.glob("*.safetensors")):
             return False
-        if self.cfg.student.lora is not None:  # the PEFT file holds get_peft_model_state_dict
-            state = lora_state(folder)
+        if self.cfg.student.lora is not None:  # the PEFT file, as a training pushes it
+            state = (folder / adapter_sync.ADAPTER_FILE).read_bytes()
         else:  # a full model folder: load it, so tied weights save_pretrained left out come back
+            import torch
             from transformers import AutoModelForCausalLM
 
             state = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).state_dict()
@@ -213,8 +215,9 @@ class StudentPool:
         return True
 
     def adapter_state(self) -> dict | None:
-        """The adapter last pushed to the scorers (None before the first training)."""
-        return None if self.adapter_ref is None else ray.get(self.adapter_ref)
+        """The adapter last pushed to the scorers, as tensors (None before the first training)."""
+        state = None if self.adapter_ref is None else ray.get(self.adapter_ref)
+        return adapter_sync.tensors(state) if isinstance(state, bytes) else state
 
     def train_loss(self, examples: list[Example]) -> float:
         data = [{"question": e.question, "target": self.task.target(e)} for e in examples]

@@ -31,20 +31,24 @@ from __future__ import annotations
 import importlib.util
 import time
 from dataclasses import dataclass
-
-import torch
+from typing import TYPE_CHECKING
 
 from activesyn_ray.actors import set_threads
 from activesyn_ray.devices import peak_rss_bytes
 from activesyn_ray.models import resolve_model
-from activesyn_ray.student.hf_scorer import BADGE_DIMS  # noqa: F401 -- re-exported
+from activesyn_ray.student import adapter_sync
 from activesyn_ray.student.data import answer_ids, prompt_ids
 from activesyn_ray.tasks.base import Task
+
+if TYPE_CHECKING:  # the coordinator imports this module (for the class): it starts without torch
+    import torch
 
 NEEDS = frozenset({"answer_text", "correct", "loss", "loss_gt", "entropy", "grad_embed", "reward",
                    "pass_rate"})
 DECODED = frozenset({"answer_text", "correct", "loss", "entropy", "grad_embed", "reward"})
 """Needs that start from the student's greedy answer."""
+BADGE_DIMS = 16
+"""Projected vocabulary dims of the BADGE embedding (grad_embed: BADGE_DIMS x hidden values)."""
 
 
 SHOT_SEPARATOR = "\n\n"
@@ -176,9 +180,12 @@ class ScorerWorker:
         return [name for name, p in (("hf", self._hf), ("vllm", self._vllm)) if p is not None]
 
     # ------------------------------------------------------------------ weights
-    def load_adapter(self, state: dict[str, torch.Tensor] | None) -> None:
+    def load_adapter(self, state: dict[str, torch.Tensor] | bytes | None) -> None:
         """Replace ONLY the adapter weights (the base stays); None = score with the base model.
+        bytes: the checkpoint's adapter file, as the pool sends it (student/adapter_sync.py).
         With lora: null, `state` is every weight (HF path only; not kept here)."""
+        if isinstance(state, bytes):
+            state = adapter_sync.tensors(state)
         if self.scfg.lora is not None:
             self._adapter = state
         for path in (self._hf, self._vllm):
@@ -188,6 +195,7 @@ class ScorerWorker:
     def weight_bytes(self) -> int:
         """Bytes of the base weights in the scorer's dtype (what a full-weight sync would move),
         from the model's config on the meta device: no weights are loaded for it."""
+        import torch
         from transformers import AutoConfig, AutoModelForCausalLM
 
         from activesyn_ray.devices import resolve_dtype

@@ -13,6 +13,9 @@ rank exports MASTER_ADDR / MASTER_PORT / RANK / LOCAL_RANK / WORLD_SIZE and call
 Each rank trains on its own slice of a deterministic per-(seed, round, epoch) shuffle, like
 DistributedSampler; DeepSpeed averages the gradients, so R ranks x micro batch m take exactly the
 steps one rank with micro batch R*m would (tests/test_student.py checks this).
+
+torch is imported inside the methods that use it: the run's coordinator imports this module only
+for the class (to create the ranks) and so starts without torch (~3 s of CPU on a small box).
 """
 
 from __future__ import annotations
@@ -22,15 +25,18 @@ import gc
 import os
 import socket
 import time
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 
 from activesyn_ray.actors import set_threads
 from activesyn_ray.devices import autocast, peak_rss_bytes, precision_line, student_precision
 from activesyn_ray.models import resolve_model
 from activesyn_ray.student import trainer_state
 from activesyn_ray.student.data import IGNORE, collate, encode, pack, packed_nll, per_example_nll
+
+if TYPE_CHECKING:
+    import torch
 
 FRESH = "fresh"  # what a rank holds right after _build_engine: the seeded adapter, no step taken
 
@@ -71,6 +77,7 @@ def epoch_slices(n: int, *, rank: int, world_size: int, micro: int, seed: int, r
 class TrainerWorker:
     def __init__(self, *, rank: int, world_size: int, num_cpus: float, cfg):
         set_threads(num_cpus)
+        import torch
         from transformers import AutoTokenizer
 
         self.rank, self.world_size, self.cfg = rank, world_size, cfg
@@ -100,6 +107,7 @@ class TrainerWorker:
 
     def init_distributed(self, *, master_addr: str, master_port: int) -> None:
         import deepspeed
+        import torch
 
         # Ray gives each GPU actor its own CUDA_VISIBLE_DEVICES, so the local device is always 0.
         os.environ.update(MASTER_ADDR=master_addr, MASTER_PORT=str(master_port), RANK=str(self.rank),
@@ -115,6 +123,7 @@ class TrainerWorker:
         """Fresh base weights + LoRA adapter (seeded, so identical on every rank and every round)
         + a new optimizer, inside a new DeepSpeed engine."""
         import deepspeed
+        import torch
         from transformers import AutoModelForCausalLM
 
         if self.engine is not None:
@@ -180,6 +189,7 @@ class TrainerWorker:
         return [encode(self.tokenizer, ex, self.scfg.max_seq_len) for ex in examples]
 
     def _mean_across_ranks(self, total: float, count: float) -> float:
+        import torch
         import torch.distributed as dist
 
         t = torch.tensor([total, count], dtype=torch.float64,
@@ -195,6 +205,8 @@ class TrainerWorker:
         includes (re)building the engine; `loop_seconds` is the training loop alone.
         restart_each_round: a fresh adapter and optimizer every call. Otherwise the call continues
         from `start` (see _continue_from) and `token` names the state it ends in."""
+        import torch
+
         t0 = time.perf_counter()
         if self.scfg.restart_each_round:
             # a fresh adapter every round: the engine round 0's checkpoint built, untouched since
@@ -273,6 +285,8 @@ class TrainerWorker:
         """Whether this model honours packed rows (data.pack): two examples packed must give the
         logits each gives alone. Checked once per process; a model whose attention would mix the
         examples trains padded instead (with a warning)."""
+        import torch
+
         if self._packs is None:
             rows = [encode(self.tokenizer, ex, self.scfg.max_seq_len) for ex in (
                 {"question": "What is 12 + 7?", "target": "19"},
@@ -305,6 +319,7 @@ class TrainerWorker:
         return self._packs
 
     def _sum_across_ranks(self, counts: dict[str, int]) -> dict[str, int]:
+        import torch
         import torch.distributed as dist
 
         t = torch.tensor(list(counts.values()), dtype=torch.float64,
@@ -313,17 +328,18 @@ class TrainerWorker:
             dist.all_reduce(t)
         return {k: int(v) for k, v in zip(counts, t.tolist())}
 
-    @torch.no_grad()
     def train_loss(self, examples: list[dict], batch_size: int = 32) -> float:
         """Mean answer-token loss (per-example mean, averaged over examples) of the current model,
         each rank on its own slice; every rank must be called (the result is all-reduced)."""
+        import torch
+
         if self.engine is None:
             self._build_engine()
         engine = self.engine
         feats = self._features(examples)[self.rank::self.world_size]
         engine.eval()
         total = 0.0
-        with self._full_params():
+        with self._full_params(), torch.no_grad():
             for i in range(0, len(feats), batch_size):
                 batch = {k: v.to(engine.device) for k, v in
                          collate(feats[i:i + batch_size], self.tokenizer.pad_token_id).items()}
@@ -344,6 +360,8 @@ class TrainerWorker:
 
     def adapter_state(self) -> dict[str, torch.Tensor]:
         """The trained weights on CPU: the PEFT adapter (LoRA) or, with lora: null, every weight."""
+        import torch
+
         if self.engine is None:
             self._build_engine()
         module = self.engine.module

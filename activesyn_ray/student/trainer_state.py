@@ -16,8 +16,10 @@ On disk it is one safetensors file with the counters in its header: no pickle in
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
+if TYPE_CHECKING:  # imported where tensors are made: the coordinator imports this module
+    import torch
 
 FILE = "trainer/state.safetensors"  # inside a checkpoints/round-t folder, beside the PEFT adapter
 MOMENTS = ("exp_avg", "exp_avg_sq")  # AdamW's per-weight state besides the step count
@@ -46,6 +48,7 @@ def _check_supported(engine) -> None:
 def capture(engine) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     """(tensors, counters): `<name>` the fp32 weight, `<name>::exp_avg` / `::exp_avg_sq` its moments
     (absent before the first optimizer step). Every rank must call it (all-reduce per tensor)."""
+    import torch
     from deepspeed.utils import safe_get_full_fp32_param, safe_get_full_optimizer_state
 
     _check_supported(engine)
@@ -69,6 +72,7 @@ def capture(engine) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
 
 def restore(engine, tensors: dict[str, torch.Tensor], meta: dict[str, str]) -> None:
     """Load a captured state into a freshly built engine (same model, LoRA config and optimizer)."""
+    import torch
     from deepspeed.utils import safe_set_full_fp32_param, safe_set_full_optimizer_state
 
     _check_supported(engine)

@@ -10,7 +10,7 @@ served one of two ways (student.vllm.adapter):
                 evaluation ~x2 slower than merged weights (`activesyn bench`, docs/results.md).
 
     vs = VllmScorer(cfg=cfg, tokenizer=tok)   # ~30-50 s on CPU
-    vs.load_adapter(state)          # the adapter_state dict the pool pushes -> a local PEFT folder
+    vs.load_adapter(state)          # the adapter's tensors (from the pushed file) -> a PEFT folder
     answers, losses = vs.greedy(prompt_token_ids, with_loss=True)
 
 What it computes, exactly:
