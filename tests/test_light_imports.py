@@ -47,6 +47,12 @@ def test_direct_load_equals_autotokenizer(spec):
     assert batch == auto(TEXTS[:3], padding=True).input_ids
 
 
+def _fresh_process(code: str) -> str:
+    """stdout of `code` run by this Python in a new process (nothing imported before it)."""
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                          cwd=ROOT).stdout
+
+
 def test_driver_and_teacher_tokenizers_do_not_import_torch():
     """What the direct path is for: the CLI driver (its preflight reads the student's tokenizer), a
     run's coordinator and a procedural teacher replica (the teacher's) never needed torch; through
@@ -59,10 +65,8 @@ def test_driver_and_teacher_tokenizers_do_not_import_torch():
             "cfg = load_config('jobs/tiny-cpu.yaml', ['student.model=tiny'])\n"
             "s, t = _student_tokenizer(cfg), load_tokenizer('tiny')\n"
             "print(type(s).__name__, type(t).__name__, 'torch' in sys.modules)")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
-                         cwd=ROOT)
-    assert out.stdout.split()[-3:] == ["TokenizersBackend", "TokenizersBackend", "False"], \
-        out.stdout + out.stderr
+    out = _fresh_process(code)
+    assert out.split()[-3:] == ["TokenizersBackend", "TokenizersBackend", "False"], out
 
 
 def test_coordinator_with_the_actor_classes_it_creates_imports_no_torch():
@@ -73,20 +77,18 @@ def test_coordinator_with_the_actor_classes_it_creates_imports_no_torch():
     finetune's state dict do come to it as tensors (not checked here)."""
     code = ("import sys\n"
             "import activesyn_ray.coordinator, activesyn_ray.pipelined, activesyn_ray.pools\n"
-            "from activesyn_ray.student.pool import StudentPool\n"
+            "from activesyn_ray.student.pool import StudentPool, state_bytes\n"
             "from activesyn_ray.student.scoring import ScorerWorker, resolve_inference\n"
             "from activesyn_ray.student.trainer import TrainerWorker\n"
             "from activesyn_ray.teacher.pool import TeacherPool\n"
             "from activesyn_ray.selection import STRATEGIES\n"
-            "from activesyn_ray.student.pool import state_bytes\n"
             "from safetensors.numpy import save\n"  # an adapter file's bytes, made without torch
             "import numpy as np\n"
             "assert state_bytes(save({'a': np.zeros((2, 3), np.float32)})) == 24\n"
             "heavy = ('torch', 'transformers', 'deepspeed', 'peft')\n"
             "print(sorted(m for m in heavy if m in sys.modules))")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
-                         cwd=ROOT)
-    assert out.stdout.split("\n")[-2] == "[]", out.stdout + out.stderr
+    out = _fresh_process(code)
+    assert out.split("\n")[-2] == "[]", out
 
 
 @pytest.mark.parametrize("change", [
