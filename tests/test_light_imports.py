@@ -47,10 +47,10 @@ def test_direct_load_equals_autotokenizer(spec):
     assert batch == auto(TEXTS[:3], padding=True).input_ids
 
 
-def _fresh_process(code: str) -> str:
+def _fresh_process(code: str, env: dict | None = None) -> str:
     """stdout of `code` run by this Python in a new process (nothing imported before it)."""
     return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
-                          cwd=ROOT).stdout
+                          cwd=ROOT, env=env).stdout
 
 
 def test_driver_and_teacher_tokenizers_do_not_import_torch():
@@ -119,6 +119,5 @@ def test_set_threads_holds_whether_torch_comes_before_or_after(torch_first):
             "import torch\n"
             "print(torch.get_num_threads())")
     env = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
-                         env=env)
-    assert out.stdout.split()[-1] == "1", out.stdout + out.stderr
+    out = _fresh_process(code, env)
+    assert out.split()[-1] == "1", out

@@ -194,15 +194,15 @@ class StudentPool:
         folder = Path(folder)
         if not any(folder.glob("*.safetensors")):
             return False
+        self._adapter_files = {f.relative_to(folder).as_posix(): f.read_bytes()
+                               for f in sorted(folder.rglob("*")) if f.is_file()}
         if self.cfg.student.lora is not None:  # the PEFT file, as a training pushes it
-            state = (folder / adapter_sync.ADAPTER_FILE).read_bytes()
+            state = self._adapter_files[adapter_sync.ADAPTER_FILE]
         else:  # a full model folder: load it, so tied weights save_pretrained left out come back
             import torch
             from transformers import AutoModelForCausalLM
 
             state = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).state_dict()
-        self._adapter_files = {f.relative_to(folder).as_posix(): f.read_bytes()
-                               for f in sorted(folder.rglob("*")) if f.is_file()}
         if self.continues:
             saved = folder / trainer_state.FILE
             self._train_from = {"token": f"restored:{folder.name}",
