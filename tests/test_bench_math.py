@@ -49,3 +49,39 @@ def test_machine_description_names_what_a_figure_depends_on():
     assert m["cpu_model"] and set(m["isa"]) >= {"avx2", "avx512f", "avx512_bf16", "amx_bf16"}
     assert m["versions"]["torch"] and m["versions"]["deepspeed"] and len(m["loadavg"]) == 3
     assert [r[0] for r in summary_rows(m)] == ["machine", "versions"]
+
+
+def test_step_profile_puts_each_op_in_one_category():
+    """Hand-made profiler events: a LoRA product is told from a frozen GEMM by the rank in its
+    shapes, every op under the optimizer's range counts as optimizer, non-aten ranges add nothing
+    and the wall time left is `outside ops`."""
+    from types import SimpleNamespace as Ev
+
+    from activesyn_ray.benchmarks.step_profile import categorize
+
+    step = Ev(name="Optimizer.step#AdamW.step", input_shapes=[], self_cpu_time_total=50_000,
+              cpu_parent=None)
+    inner = Ev(name="aten::mul_", input_shapes=[[8, 576]], self_cpu_time_total=30_000,
+               cpu_parent=Ev(name="aten::_foreach_mul_", input_shapes=[], self_cpu_time_total=0,
+                             cpu_parent=step))
+    events = [
+        Ev(name="aten::mm", input_shapes=[[240, 576], [576, 1536]], self_cpu_time_total=400_000,
+           cpu_parent=None),
+        Ev(name="aten::mm", input_shapes=[[240, 576], [576, 8]], self_cpu_time_total=20_000,
+           cpu_parent=None),
+        Ev(name="aten::addmm", input_shapes=[[576], [240, 8], [8, 576]], self_cpu_time_total=10_000,
+           cpu_parent=None),
+        Ev(name="aten::_scaled_dot_product_flash_attention_for_cpu", input_shapes=[],
+           self_cpu_time_total=100_000, cpu_parent=None),
+        Ev(name="aten::_to_copy", input_shapes=[[240, 576]], self_cpu_time_total=40_000,
+           cpu_parent=None),
+        Ev(name="aten::silu", input_shapes=[[240, 1536]], self_cpu_time_total=60_000, cpu_parent=None),
+        Ev(name="MmBackward0", input_shapes=[], self_cpu_time_total=5_000, cpu_parent=None),
+        step, inner,
+    ]
+    got = categorize(events, wall_s=1.0, lora_r=8)["seconds"]
+    assert got == {"GEMM, base weights": 0.4, "GEMM, LoRA": 0.03, "attention": 0.1,
+                   "copies and casts": 0.04, "optimizer": 0.03, "elementwise and other": 0.06,
+                   "outside ops": 0.34}
+    # full finetuning: no LoRA rank, so no GEMM is counted as LoRA
+    assert categorize(events, wall_s=1.0, lora_r=None)["seconds"]["GEMM, LoRA"] == 0

@@ -23,6 +23,7 @@ also where the bf16 variants do not run (emulated bf16 would take ~10x fp32's ti
 
     python -m activesyn_ray.benchmarks.trainer_efficiency --out trainer.json     # SmolLM2-135M + LoRA
     python -m activesyn_ray.benchmarks.trainer_efficiency --num-gpus 1 --peak-tflops 989
+    python -m activesyn_ray.benchmarks.trainer_efficiency --variants packed --profile   # + where the time goes
 """
 
 from __future__ import annotations
@@ -61,6 +62,9 @@ def parse_args(argv=None):
     p.add_argument("--num-gpus", type=float, default=0, help="GPUs of the trainer rank")
     p.add_argument("--peak-tflops", type=float, default=None,
                    help="the accelerator's datasheet peak in the trainer's dtype (adds MFU vs it)")
+    p.add_argument("--profile", action="store_true",
+                   help="then one more training call per variant under torch.profiler: where its "
+                        "time goes (GEMMs, LoRA, attention, casts, optimizer, the rest)")
     p.add_argument("--out", default=None)
     return p.parse_args(argv)
 
@@ -251,6 +255,11 @@ def main(argv=None) -> dict:
             for v in variants:  # alternating: every variant sees the same spread of load
                 runs[v].append(ray.get(groups[v].call("train", timed, round=0))[0])
             results["peaks"].append(peak())
+        if a.profile:
+            from activesyn_ray.benchmarks.step_profile import profile_train
+
+            profiles = {v: ray.get(groups[v].actors[0].__ray_call__.remote(profile_train, timed))
+                        for v in variants}
     finally:
         for g in groups.values():
             g.shutdown()
@@ -306,6 +315,12 @@ def main(argv=None) -> dict:
               + f"; padding {100 * row['padding_share']:.1f}%; x{row['speedup_vs_baseline']:.2f} vs "
               f"{variants[0]}; first-epoch loss {row['loss_first_epoch']:.4f} "
               f"({100 * row['loss_vs_baseline']:+.2f}%)", flush=True)
+    if a.profile:
+        from activesyn_ray.benchmarks.step_profile import profile_lines
+
+        for v in variants:
+            results["variants"][v]["profile"] = {k: x for k, x in profiles[v].items() if k != "train"}
+            print("\n".join(profile_lines(v, profiles[v])), flush=True)
     results["matmul"] = matmul_rates(results["peaks"])
     results["bf16_verdicts"] = bf16_verdicts(results["variants"])
     for line in precision_lines(results, gpu=gpu, threads=max(1, int(a.num_cpus))):
