@@ -162,6 +162,8 @@ class StudentConfig(_Group):
     there); on a CPU bf16-mixed only with AVX-512
     BF16 or AMX AND once bf16-mixed is measured to hold fp32's accuracy (devices.py), fp32
     elsewhere (bf16 is ~10x slower on AVX2 CPUs); the trainer says its choice at start-up.
+    On a CPU without bf16 units bf16-mixed's linear layers are emulated with fp32 kernels and the
+    same rounding (x8.5 faster than torch's own bf16 there), for studies of what it computes.
     `activesyn bench --parts trainer` compares them."""
     inference: Literal["auto", "vllm", "hf"] = "auto"
     """Engine of the scorer shards for greedy answers, `loss` and evaluation. vllm: frozen base +

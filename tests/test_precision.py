@@ -10,6 +10,7 @@ Python, not a Ray actor, so it can look inside the engine; it trains all three p
 
 from __future__ import annotations
 
+import contextlib
 import json
 import subprocess
 import sys
@@ -209,10 +210,13 @@ def _batch(tok, n: int = 8):
     return collate(rows, tok.pad_token_id)
 
 
-def test_bf16_mixed_matmuls_in_bf16_everything_else_fp32():
-    """Under devices.autocast("bf16-mixed"): every matmul's operands are bf16; the weights, the
-    LoRA gradients, the norms' outputs and the loss are fp32."""
+def test_bf16_mixed_matmuls_in_bf16_everything_else_fp32(monkeypatch):
+    """Under devices.autocast("bf16-mixed"), torch's own path (the emulation off, as on a CPU with
+    bf16 units): every matmul's operands are bf16; the weights, the LoRA gradients, the norms'
+    outputs and the loss are fp32."""
     from torch.utils._python_dispatch import TorchDispatchMode
+
+    monkeypatch.setattr(devices, "emulates_bf16", lambda *a, **k: False)
 
     from activesyn_ray.student.data import per_example_nll
 
@@ -252,6 +256,52 @@ def test_bf16_mixed_matmuls_in_bf16_everything_else_fp32():
     with seen, devices.autocast("float32", cuda=False), torch.no_grad():
         model(**batch, use_cache=False)
     assert seen.dtypes == {torch.float32}
+
+
+def test_emulated_bf16_linear_computes_what_torch_bf16_computes():
+    """student/bf16_emulation.py, on any CPU: fp32 GEMMs on bf16-rounded operands, rounded to bf16,
+    give torch's own bf16-mixed logits, loss and LoRA gradients (mean difference under 1% of how
+    far bf16-mixed is from fp32; a gradient element may differ by a bf16 rounding step where the
+    two kernels' fp32 sums round apart); every GEMM it runs has bf16-representable fp32 operands."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    from activesyn_ray.student.bf16_emulation import emulated_bf16_linear
+    from activesyn_ray.student.data import per_example_nll
+
+    class Operands(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.seen = []
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            if func in (torch.ops.aten.mm.default, torch.ops.aten.addmm.default):
+                self.seen += [a for a in args if isinstance(a, torch.Tensor)]
+            return func(*args, **(kwargs or {}))
+
+    model, tok = _tiny_lora()
+    batch = _batch(tok, 16)
+    labels = batch.pop("labels")
+
+    def run(mode: str, watch=None):
+        model.zero_grad()
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=mode != "fp32"), \
+                emulated_bf16_linear(mode == "emulated"), watch or contextlib.nullcontext():
+            logits = model(**batch, use_cache=False).logits
+        loss = per_example_nll(logits, labels).mean()
+        loss.backward()
+        grads = torch.cat([p.grad.flatten() for p in model.parameters() if p.requires_grad])
+        return logits.float().detach(), loss.item(), grads
+
+    ops = Operands()
+    fp32, torch_bf16, emulated = run("fp32"), run("torch"), run("emulated", ops)
+    for i in range(3):  # logits, loss, LoRA gradients
+        ref, emu = torch.as_tensor(torch_bf16[i]), torch.as_tensor(emulated[i])
+        gap = (ref - torch.as_tensor(fp32[i])).abs().mean().item()
+        diff = (emu - ref).abs().mean().item()  # seen: logits 1e-13, loss 0, gradients 1e-7
+        assert gap > 0 and diff <= 0.01 * gap, (i, diff, gap)  # gaps seen: 8e-4, 3e-4, 6e-5
+    assert emulated[0].dtype == torch.float32 and ops.seen  # GEMMs ran in fp32 kernels ...
+    assert all(t.dtype == torch.float32 and torch.equal(t, t.to(torch.bfloat16).float())
+               for t in ops.seen)  # ... on bf16 values
 
 
 def test_bf16_mixed_loss_tracks_fp32_with_an_fp32_residual_stream():
@@ -406,8 +456,10 @@ def test_trainer_bf16_mixed_keeps_fp32_state_and_computes_in_bf16(trained_precis
 @pytest.mark.slow
 def test_trainer_says_its_precision_once(trained_precisions):
     """Rank 0 prints one `[activesyn]` line (kept on the run's console); auto's is the probe's."""
+    emulated = "; this CPU has no bf16 units: the bf16 GEMMs are emulated with fp32 kernels, " \
+               "same rounding" if devices.emulates_bf16("bf16-mixed", cuda=False) else ""
     assert trained_precisions["console"][:3] == [
-        f"[activesyn] student precision: {p} (student.dtype)"
+        f"[activesyn] student precision: {p} (student.dtype)" + (emulated if p == "bf16-mixed" else "")
         for p in ("float32", "bf16-true", "bf16-mixed")]  # rank 1 (auto) said nothing
     assert trained_precisions["auto"] == choose_precision(devices.probe(cuda=False))[0]
 

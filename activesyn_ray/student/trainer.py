@@ -30,7 +30,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from activesyn_ray.actors import set_threads
-from activesyn_ray.devices import autocast, peak_rss_bytes, precision_line, student_precision
+from activesyn_ray.devices import (autocast, emulates_bf16, peak_rss_bytes, precision_line,
+                                   student_precision)
 from activesyn_ray.models import resolve_model
 from activesyn_ray.student import trainer_state
 from activesyn_ray.student.data import IGNORE, collate, encode, pack, packed_nll, per_example_nll
@@ -85,8 +86,12 @@ class TrainerWorker:
         self.cuda = torch.cuda.is_available()
         # float32 | bf16-mixed | bf16-true; auto probes this node's hardware (devices.py)
         self.precision, why = student_precision(self.scfg.dtype, cuda=self.cuda)
+        # bf16-mixed on a CPU without bf16 units: the bf16 GEMMs at fp32 speed, same rounding
+        self.emulate_bf16 = emulates_bf16(self.precision, cuda=self.cuda)
         if rank == 0:  # one line per run: the driver keeps `[activesyn]` lines on the console
-            print(f"[activesyn] {precision_line(self.scfg.dtype, self.precision, why)}", flush=True)
+            print(f"[activesyn] {precision_line(self.scfg.dtype, self.precision, why)}"
+                  + ("; this CPU has no bf16 units: the bf16 GEMMs are emulated with fp32 kernels, "
+                     "same rounding" if self.emulate_bf16 else ""), flush=True)
         self.model_path = resolve_model(self.scfg.model)
         self.tokenizer = AutoTokenizer.from_pretrained(self.model_path)
         self.engine = None
@@ -270,16 +275,20 @@ class TrainerWorker:
         without padding, logits only where a label is (data.pack); else right-padded rows and
         logits everywhere. The same numbers either way (to float rounding). The loss is fp32 in
         every precision: computed from the logits cast to float, outside the forward's autocast."""
+        from activesyn_ray.student.bf16_emulation import emulated_bf16_linear
+
         engine = self.engine
-        if packing:
-            p = {k: v.to(engine.device) for k, v in pack(rows).items()}
-            logits = engine(input_ids=p["input_ids"], position_ids=p["position_ids"],
-                            logits_to_keep=p["keep"], use_cache=False).logits[0]
-            return packed_nll(logits, p), p["input_ids"].numel()
-        batch = {k: v.to(engine.device) for k, v in
-                 collate(rows, self.tokenizer.pad_token_id).items()}
-        labels = batch.pop("labels")
-        return per_example_nll(engine(**batch, use_cache=False).logits, labels), labels.numel()
+        # the engine's forward opens its own autocast (torch_autocast); the emulation acts inside it
+        with emulated_bf16_linear(self.emulate_bf16):
+            if packing:
+                p = {k: v.to(engine.device) for k, v in pack(rows).items()}
+                logits = engine(input_ids=p["input_ids"], position_ids=p["position_ids"],
+                                logits_to_keep=p["keep"], use_cache=False).logits[0]
+                return packed_nll(logits, p), p["input_ids"].numel()
+            batch = {k: v.to(engine.device) for k, v in
+                     collate(rows, self.tokenizer.pad_token_id).items()}
+            labels = batch.pop("labels")
+            return per_example_nll(engine(**batch, use_cache=False).logits, labels), labels.numel()
 
     def _packing_works(self) -> bool:
         """Whether this model honours packed rows (data.pack): two examples packed must give the

@@ -1,0 +1,73 @@
+"""bf16-mixed emulated (student/bf16_emulation.py) against torch's own bf16 path and fp32, on a
+CPU: the same training call (same examples, seeds, fresh LoRA adapter) three times in one process,
+one trainer rank. The emulation is right when its losses sit on torch's bf16 ones, far from fp32's;
+it is worth having where it is much faster than torch's bf16 path (a CPU without bf16 units).
+
+    python -m activesyn_ray.benchmarks.bf16_emulation --out bf16-emulation.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+
+from activesyn_ray.benchmarks import write_result
+from activesyn_ray.benchmarks.trainer_efficiency import LEVELS
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--model", default="smollm2-135m")
+    p.add_argument("--examples", type=int, default=16)
+    p.add_argument("--epochs", type=int, default=2)
+    p.add_argument("--micro", type=int, default=8)
+    p.add_argument("--out", default=None)
+    return p.parse_args(argv)
+
+
+def main(argv=None) -> dict:
+    a = parse_args(argv)
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    from activesyn_ray.benchmarks.machine import describe
+    from activesyn_ray.config import config_from_dict
+    from activesyn_ray.student.trainer import TrainerWorker
+    from activesyn_ray.tasks import build_task
+
+    def cfg(dtype: str):
+        return config_from_dict({
+            "task": {"kind": "gym", "name": "basic_arithmetic", "levels": LEVELS,
+                     "seed_size": a.examples + 8, "test_size": 8},
+            "student": {"model": a.model, "lora": {"r": 8, "alpha": 16}, "epochs": a.epochs,
+                        "lr": 1e-3, "micro_batch_size": a.micro, "max_seq_len": 64, "dtype": dtype}})
+
+    task = build_task(cfg("float32").task, seed=0)
+    seeds, _ = task.splits()
+    data = [{"question": e.question, "target": task.target(e)} for e in seeds][:a.examples]
+    out = {"model": a.model, "args": vars(a), "machine": describe(matmul=False), "runs": {}}
+    for i, (name, dtype, emulate) in enumerate((("float32", "float32", False),
+                                                ("bf16-mixed emulated", "bf16-mixed", True),
+                                                ("bf16-mixed torch", "bf16-mixed", False))):
+        worker = TrainerWorker(rank=0, world_size=1, num_cpus=1, cfg=cfg(dtype))
+        if i == 0:
+            worker.init_distributed(master_addr="127.0.0.1", master_port=29500 + os.getpid() % 1000)
+        worker.emulate_bf16 = emulate  # what the trainer decided from the CPU, overridden here
+        r = worker.train(data, round=0)
+        out["runs"][name] = {k: r[k] for k in ("loss_first_epoch", "loss_last_epoch", "loop_seconds")}
+        print(f"{name}: loss {r['loss_first_epoch']:.6f} (epoch 1), {r['loss_last_epoch']:.6f} "
+              f"(epoch {a.epochs}); training loop {r['loop_seconds']:.1f} s", flush=True)
+        worker.engine.destroy()
+    runs = out["runs"]
+    emu, ref, f32 = runs["bf16-mixed emulated"], runs["bf16-mixed torch"], runs["float32"]
+    out["emulated_vs_torch_speedup"] = round(ref["loop_seconds"] / emu["loop_seconds"], 2)
+    out["emulated_share_of_the_bf16_gap"] = {
+        k: round(abs(emu[k] - ref[k]) / abs(ref[k] - f32[k]), 4) if ref[k] != f32[k] else None
+        for k in ("loss_first_epoch", "loss_last_epoch")}
+    print(f"emulated vs torch bf16: x{out['emulated_vs_torch_speedup']:.1f} faster; its distance to "
+          f"torch's losses as a share of bf16-mixed's distance to fp32: "
+          f"{out['emulated_share_of_the_bf16_gap']}", flush=True)
+    write_result(a.out, out)
+    return out
+
+
+if __name__ == "__main__":
+    main()
