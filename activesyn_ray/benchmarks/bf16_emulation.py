@@ -12,7 +12,7 @@ import argparse
 import os
 
 from activesyn_ray.benchmarks import write_result
-from activesyn_ray.benchmarks.trainer_efficiency import LEVELS
+from activesyn_ray.benchmarks.trainer_efficiency import arithmetic_examples, lora_student
 
 
 def parse_args(argv=None):
@@ -29,27 +29,18 @@ def main(argv=None) -> dict:
     a = parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from activesyn_ray.benchmarks.machine import describe
-    from activesyn_ray.config import config_from_dict
+    from activesyn_ray.benchmarks.trainer_efficiency import in_process_rank
     from activesyn_ray.student.trainer import TrainerWorker
-    from activesyn_ray.tasks import build_task
 
-    def cfg(dtype: str):
-        return config_from_dict({
-            "task": {"kind": "gym", "name": "basic_arithmetic", "levels": LEVELS,
-                     "seed_size": a.examples + 8, "test_size": 8},
-            "student": {"model": a.model, "lora": {"r": 8, "alpha": 16}, "epochs": a.epochs,
-                        "lr": 1e-3, "micro_batch_size": a.micro, "max_seq_len": 64, "dtype": dtype}})
-
-    task = build_task(cfg("float32").task, seed=0)
-    seeds, _ = task.splits()
-    data = [{"question": e.question, "target": task.target(e)} for e in seeds][:a.examples]
+    data = arithmetic_examples(a.examples + 8)[:a.examples]
     out = {"model": a.model, "args": vars(a), "machine": describe(matmul=False), "runs": {}}
     for i, (name, dtype, emulate) in enumerate((("float32", "float32", False),
                                                 ("bf16-mixed emulated", "bf16-mixed", True),
                                                 ("bf16-mixed torch", "bf16-mixed", False))):
-        worker = TrainerWorker(rank=0, world_size=1, num_cpus=1, cfg=cfg(dtype))
-        if i == 0:
-            worker.init_distributed(master_addr="127.0.0.1", master_port=29500 + os.getpid() % 1000)
+        cfg = lora_student(model=a.model, dtype=dtype, epochs=a.epochs, micro=a.micro)
+        # one gloo group for the process: the first rank joins it, the others find it there
+        worker = in_process_rank(cfg) if i == 0 else \
+            TrainerWorker(rank=0, world_size=1, num_cpus=1, cfg=cfg)
         worker.emulate_bf16 = emulate  # what the trainer decided from the CPU, overridden here
         r = worker.train(data, round=0)
         out["runs"][name] = {k: r[k] for k in ("loss_first_epoch", "loss_last_epoch", "loop_seconds")}

@@ -18,7 +18,8 @@ import os
 import statistics
 
 from activesyn_ray.benchmarks import write_result
-from activesyn_ray.benchmarks.trainer_efficiency import LEVELS
+from activesyn_ray.benchmarks.trainer_efficiency import (arithmetic_examples, in_process_rank,
+                                                         lora_student)
 
 
 def parse_args(argv=None):
@@ -36,20 +37,10 @@ def main(argv=None) -> dict:
     a = parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from activesyn_ray.benchmarks.machine import describe
-    from activesyn_ray.config import config_from_dict
-    from activesyn_ray.student.trainer import TrainerWorker
-    from activesyn_ray.tasks import build_task
 
-    cfg = config_from_dict({
-        "task": {"kind": "gym", "name": "basic_arithmetic", "levels": LEVELS,
-                 "seed_size": a.examples + 8, "test_size": 8},
-        "student": {"model": a.model, "lora": {"r": 8, "alpha": 16}, "epochs": 1, "lr": 1e-3,
-                    "micro_batch_size": a.micro, "max_seq_len": a.max_seq_len, "dtype": "float32"}})
-    task = build_task(cfg.task, seed=0)
-    seeds, _ = task.splits()
-    data = [{"question": e.question, "target": task.target(e)} for e in seeds]
-    worker = TrainerWorker(rank=0, world_size=1, num_cpus=1, cfg=cfg)
-    worker.init_distributed(master_addr="127.0.0.1", master_port=29500 + os.getpid() % 1000)
+    data = arithmetic_examples(a.examples + 8)
+    worker = in_process_rank(lora_student(model=a.model, dtype="float32", epochs=1, micro=a.micro,
+                                          max_seq_len=a.max_seq_len))
     worker.train(data[:8], round=0)  # the packing check, first calls
     worker._continue_from = lambda start: None  # each engine continues its own training
 

@@ -47,6 +47,38 @@ BF16_MODES = ("bf16-mixed", "bf16-true")  # the student.dtype values compared wi
 OLD_NAMES = {"packed-bf16": "packed-bf16-true", "padded-bf16": "padded-bf16-true"}
 
 
+def arithmetic_examples(n: int) -> list[dict]:
+    """The first n seeds of the bench's task as training examples ({"question", "target"}): the
+    same ones on every call and every machine."""
+    from activesyn_ray.config import config_from_dict
+    from activesyn_ray.tasks import build_task
+
+    cfg = config_from_dict({"task": {"kind": "gym", "name": "basic_arithmetic", "levels": LEVELS,
+                                     "seed_size": n, "test_size": 8}})
+    task = build_task(cfg.task, seed=0)
+    seeds, _ = task.splits()
+    return [{"question": e.question, "target": task.target(e)} for e in seeds[:n]]
+
+
+def lora_student(*, model: str, dtype: str, epochs: int, micro: int, max_seq_len: int = 64):
+    """A run config for the bench's student: `model` + LoRA r 8, lr 1e-3."""
+    from activesyn_ray.config import config_from_dict
+
+    return config_from_dict({"student": {"model": model, "lora": {"r": 8, "alpha": 16},
+                                         "epochs": epochs, "lr": 1e-3, "micro_batch_size": micro,
+                                         "max_seq_len": max_seq_len, "dtype": dtype}})
+
+
+def in_process_rank(cfg):
+    """One TrainerWorker in this process, alone in a gloo group (no Ray): for benchmarks that
+    hold several engines of one rank side by side."""
+    from activesyn_ray.student.trainer import TrainerWorker
+
+    worker = TrainerWorker(rank=0, world_size=1, num_cpus=1, cfg=cfg)
+    worker.init_distributed(master_addr="127.0.0.1", master_port=29500 + os.getpid() % 1000)
+    return worker
+
+
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--model", default="smollm2-135m")
