@@ -161,7 +161,7 @@ class StudentConfig(_Group):
     the first-epoch loss +2.85%). auto: bf16-true on a GPU with bf16 (as before; not measured
     there); on a CPU bf16-mixed only with AVX-512
     BF16 or AMX AND once bf16-mixed is measured to hold fp32's accuracy (devices.py), fp32
-    elsewhere (bf16 is ~10x slower on AVX2 CPUs); the trainer says its choice at start-up.
+    elsewhere (bf16 is slower on AVX2 CPUs); the trainer says its choice at start-up.
     On a CPU without bf16 units bf16-mixed's linear layers are emulated with fp32 kernels and the
     same rounding (x8.5 faster than torch's own bf16 there), for studies of what it computes.
     `activesyn bench --parts trainer` compares them."""

@@ -19,7 +19,9 @@ float32 on a CPU, auto on a GPU. By default: padded, packed and, where the CPU h
 (AVX-512 BF16 / AMX), packed-bf16-mixed and packed-bf16-true, each against fp32 packed: a bf16
 precision pays if it is faster AND keeps the first-epoch loss within 1% of fp32's. The matmul probe
 always measures fp32 AND bf16, so the bf16 rate is printed next to fp32's with the CPU's bf16 flags,
-also where the bf16 variants do not run (emulated bf16 would take ~10x fp32's time).
+also where the bf16 variants do not run (on a CPU without bf16 units, bf16-true runs torch's
+bf16 fallback at ~10x fp32's time, and bf16-mixed is emulated with fp32 kernels: neither speed
+says anything about bf16; `benchmarks/bf16_emulation.py` checks the emulation's numbers).
 
     python -m activesyn_ray.benchmarks.trainer_efficiency --out trainer.json     # SmolLM2-135M + LoRA
     python -m activesyn_ray.benchmarks.trainer_efficiency --num-gpus 1 --peak-tflops 989
@@ -150,7 +152,7 @@ def split_variant(variant: str, *, gpu: bool) -> tuple[str, str]:
 
 
 def default_variants(*, gpu: bool) -> list[str]:
-    bf16 = not gpu and bf16_cpu()  # emulated bf16 would take ~10x fp32's time: not by default
+    bf16 = not gpu and bf16_cpu()  # without bf16 units their speed means nothing: not by default
     return ["padded", "packed"] + ([f"packed-{m}" for m in BF16_MODES] if bf16 else [])
 
 
@@ -211,7 +213,7 @@ def precision_lines(r: dict, *, gpu: bool, threads: int) -> list[str]:
         elif not gpu:
             units = any(r["machine"]["isa"].get(flag) for flag in BF16_CPU_FLAGS)
             why = "no fp32 or no such variant in --variants" if units else \
-                f"this CPU has no {'/'.join(BF16_CPU_FLAGS)}: bf16 is emulated, ~10x slower"
+                f"this CPU has no {'/'.join(BF16_CPU_FLAGS)}: bf16 is emulated, its speed means nothing"
             lines.append(f"trainer {mode} vs fp32: not run ({why}; `--variants "
                          f"packed,packed-{mode}` runs it)")
     return lines
