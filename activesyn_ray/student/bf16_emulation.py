@@ -1,4 +1,4 @@
-"""bf16-mixed's linear layers on a CPU without bf16 units, at fp32 kernel speed, same rounding.
+"""bf16-mixed's linear layers on a CPU without bf16 units: fp32 kernels, the same rounding.
 
 Under autocast, every `F.linear` (the blocks' projections, LoRA's A and B, the output head) casts
 its operands to bf16 and returns bf16: a bf16 GEMM with fp32 accumulation. A CPU without AVX-512

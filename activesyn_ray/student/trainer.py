@@ -86,7 +86,7 @@ class TrainerWorker:
         self.cuda = torch.cuda.is_available()
         # float32 | bf16-mixed | bf16-true; auto probes this node's hardware (devices.py)
         self.precision, why = student_precision(self.scfg.dtype, cuda=self.cuda)
-        # bf16-mixed on a CPU without bf16 units: the bf16 GEMMs at fp32 speed, same rounding
+        # bf16-mixed on a CPU without bf16 units: the bf16 GEMMs on fp32 kernels, same rounding
         self.emulate_bf16 = emulates_bf16(self.precision, cuda=self.cuda)
         if rank == 0:  # one line per run: the driver keeps `[activesyn]` lines on the console
             print(f"[activesyn] {precision_line(self.scfg.dtype, self.precision, why)}"
