@@ -127,10 +127,8 @@ def emulates_bf16(precision: str, *, cuda: bool) -> bool:
 
 @functools.lru_cache(maxsize=1)
 def cpu_bf16_units() -> bool:
-    """Whether this CPU has bf16 arithmetic (AVX-512 BF16 or AMX)."""
-    from activesyn_ray.benchmarks.machine import cpu_flags
-
-    return any(f in cpu_flags() for f in BF16_CPU_FLAGS)
+    """Whether this CPU has bf16 arithmetic (AVX-512 BF16 or AMX): probe's answer, read once."""
+    return probe(cuda=False).bf16_units
 
 
 def autocast(precision: str, *, cuda: bool):

@@ -12,7 +12,8 @@ import argparse
 import os
 
 from activesyn_ray.benchmarks import write_result
-from activesyn_ray.benchmarks.trainer_efficiency import arithmetic_examples, lora_student
+from activesyn_ray.benchmarks.trainer_efficiency import (arithmetic_examples, in_process_rank,
+                                                         lora_student)
 
 
 def parse_args(argv=None):
@@ -29,18 +30,15 @@ def main(argv=None) -> dict:
     a = parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from activesyn_ray.benchmarks.machine import describe
-    from activesyn_ray.benchmarks.trainer_efficiency import in_process_rank
-    from activesyn_ray.student.trainer import TrainerWorker
 
     data = arithmetic_examples(a.examples + 8)[:a.examples]
     out = {"model": a.model, "args": vars(a), "machine": describe(matmul=False), "runs": {}}
-    for i, (name, dtype, emulate) in enumerate((("float32", "float32", False),
-                                                ("bf16-mixed emulated", "bf16-mixed", True),
-                                                ("bf16-mixed torch", "bf16-mixed", False))):
-        cfg = lora_student(model=a.model, dtype=dtype, epochs=a.epochs, micro=a.micro)
-        # one gloo group for the process: the first rank joins it, the others find it there
-        worker = in_process_rank(cfg) if i == 0 else \
-            TrainerWorker(rank=0, world_size=1, num_cpus=1, cfg=cfg)
+    for name, dtype, emulate in (("float32", "float32", False),
+                                 ("bf16-mixed emulated", "bf16-mixed", True),
+                                 ("bf16-mixed torch", "bf16-mixed", False)):
+        # one gloo group for the process: DeepSpeed joins the later ranks to the first one's
+        worker = in_process_rank(lora_student(model=a.model, dtype=dtype, epochs=a.epochs,
+                                              micro=a.micro))
         worker.emulate_bf16 = emulate  # what the trainer decided from the CPU, overridden here
         r = worker.train(data, round=0)
         out["runs"][name] = {k: r[k] for k in ("loss_first_epoch", "loss_last_epoch", "loop_seconds")}
